@@ -1,0 +1,73 @@
+"""Concordance: do a submission's predictions look alike on validation, test and live?
+
+Rows are grouped by K-Means clusters of the round's features; within a
+cluster the three prediction distributions should agree. The clustering
+depends only on the round's data, so it is computed once per round
+(:func:`fit_clusters`) and each submission then costs a few sorts
+(:func:`concordance`).
+"""
+import numpy as np
+from sklearn.cluster import MiniBatchKMeans
+
+from scoring.ks import ks_statistic
+from scoring.rules import Rules
+
+VALIDATION, TEST, LIVE = "validation", "test", "live"
+#: The three comparisons made within each cluster.
+PAIRS = ((VALIDATION, TEST), (VALIDATION, LIVE), (LIVE, TEST))
+
+
+def fit_clusters(training_features, tournament_features, rules=Rules()):
+    """Cluster label (int8) of every tournament row.
+
+    The model is fitted on training rows without missing values stacked
+    with the tournament rows. Tournament rows with missing values get the
+    training column means so that every row has a cluster.
+    """
+    train = np.asarray(training_features, dtype=np.float64)
+    train = train[~np.isnan(train).any(axis=1)]
+    tournament = np.array(tournament_features, dtype=np.float64)
+    holes = np.isnan(tournament)
+    if holes.any():
+        fill = np.nanmean(train, axis=0) if len(train) else np.zeros(tournament.shape[1])
+        tournament[holes] = np.take(fill, np.nonzero(holes)[1])
+    model = MiniBatchKMeans(n_clusters=rules.concordance_clusters, random_state=rules.concordance_seed)
+    model.fit(np.vstack([train, tournament]))
+    return model.predict(tournament).astype(np.int8)
+
+
+def cluster_groups(labels, data_types):
+    """Row indices for each (cluster, data type), computed once per round.
+
+    Returns ``{cluster: {data_type: int array}}`` over the clusters present.
+    """
+    labels = np.asarray(labels)
+    data_types = np.asarray(data_types)
+    return {
+        int(c): {t: np.flatnonzero((labels == c) & (data_types == t)) for t in (VALIDATION, TEST, LIVE)}
+        for c in np.unique(labels)
+    }
+
+
+def cluster_scores(groups, predictions):
+    """Worst KS statistic of each cluster, skipping comparisons with an empty side."""
+    scores = []
+    for by_type in groups.values():
+        parts = {t: np.sort(predictions[idx]) for t, idx in by_type.items() if len(idx)}
+        stats = [ks_statistic(parts[a], parts[b]) for a, b in PAIRS if a in parts and b in parts]
+        if stats:
+            scores.append(max(stats))
+    return scores
+
+
+def concordance(groups, predictions, rules=Rules()):
+    """Return ``(mean worst KS, concordant)`` for predictions in round row order.
+
+    Raises ValueError when no cluster holds two data types to compare,
+    which means the round's data cannot support the check.
+    """
+    scores = cluster_scores(groups, np.asarray(predictions, dtype=np.float64))
+    if not scores:
+        raise ValueError("the round has no cluster with rows of two data types to compare")
+    value = float(np.mean(scores))
+    return value, value < rules.concordance_threshold

@@ -1,0 +1,54 @@
+"""Originality: is a submission more than a copy of someone else's?
+
+This module is the plain statement of the rule, pair by pair. The fast
+path in :mod:`scoring.prepared` must reach exactly the same decisions.
+"""
+import numpy as np
+
+from scoring.ks import ks_statistic
+from scoring.rules import Rules
+
+
+def is_constant(values):
+    """True when every prediction is the same number (correlation undefined)."""
+    return values.size == 0 or bool(np.all(values == values[0]))
+
+
+def pearson(a, b):
+    """Pearson correlation in float64 of two non-constant vectors."""
+    a = np.asarray(a, dtype=np.float64)
+    b = np.asarray(b, dtype=np.float64)
+    ca = a - a.mean()
+    cb = b - b.mean()
+    return float(np.dot(ca, cb) / np.sqrt(np.dot(ca, ca) * np.dot(cb, cb)))
+
+
+def too_correlated(a, b, rules=Rules()):
+    """The correlation clause: both non-constant and |r| above the limit."""
+    if is_constant(a) or is_constant(b):
+        return False
+    return abs(pearson(a, b)) > rules.correlation_limit
+
+
+def is_original(candidate, others, rules=Rules()):
+    """Apply the rule to ``candidate`` against each vector in ``others``.
+
+    All vectors are predictions in the same (round) row order. Not
+    original when any other is too correlated, or is a duplicate by KS,
+    or when the count of similar ones reaches ``rules.max_similar``.
+    """
+    candidate = np.asarray(candidate, dtype=np.float64)
+    candidate_sorted = np.sort(candidate)
+    similar = 0
+    for other in others:
+        other = np.asarray(other, dtype=np.float64)
+        if too_correlated(candidate, other, rules):
+            return False
+        ks = ks_statistic(candidate_sorted, np.sort(other))
+        if ks < rules.duplicate_ks:
+            return False
+        if ks <= rules.similar_ks:
+            similar += 1
+            if similar >= rules.max_similar:
+                return False
+    return True
