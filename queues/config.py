@@ -1,0 +1,101 @@
+"""Configuration from the environment, checked before anything starts."""
+import dataclasses
+import os
+
+from scoring.rules import Rules
+
+#: The development key from the 2017 README; accepted in local mode only.
+LOCAL_API_KEY = "h/52y/E7cm8Ih4F3cVdlBM4ZQxER+Apk6P0L7yR0lFU="
+DEFAULT_PORT = 5151
+REQUIRED = ("MONGO_URL", "MONGO_DB_NAME", "S3_UPLOAD_BUCKET", "S3_DATASET_BUCKET",
+            "S3_ACCESS_KEY", "S3_SECRET_KEY", "API_KEY")
+
+
+class ConfigError(Exception):
+    """The environment does not describe a server that can run."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+    """Everything the server needs to know, from one place."""
+
+    api_key: str = dataclasses.field(repr=False)
+    mongo_url: str = ""
+    mongo_db_name: str = "numerai"
+    upload_bucket: str = ""
+    dataset_bucket: str = ""
+    s3_access_key: str = dataclasses.field(default="", repr=False)
+    s3_secret_key: str = dataclasses.field(default="", repr=False)
+    s3_endpoint_url: str = ""
+    port: int = DEFAULT_PORT
+    host: str = "0.0.0.0"
+    local: bool = False
+    local_dir: str = "local"
+    cache_dir: str = ""
+    originality_threads: int = 2
+    http_threads: int = 16
+    mongo_timeout_ms: int = 3000
+    stop_timeout: float = 15.0
+    recovery_interval: float = 30.0
+    rules: Rules = Rules()
+
+
+def _integer(environ, name, default):
+    value = environ.get(name, "")
+    if not value:
+        return default
+    try:
+        return int(value)
+    except ValueError:
+        raise ConfigError("%s=%r is not a whole number" % (name, value)) from None
+
+
+def production(environ):
+    """Production settings; every variable in REQUIRED must be set and non-empty."""
+    missing = [name for name in REQUIRED if not environ.get(name)]
+    if missing:
+        raise ConfigError("missing required environment variable(s): %s (see env.sh.example)" % ", ".join(missing))
+    return dict(
+        api_key=environ["API_KEY"],
+        mongo_url=environ["MONGO_URL"],
+        mongo_db_name=environ["MONGO_DB_NAME"],
+        upload_bucket=environ["S3_UPLOAD_BUCKET"],
+        dataset_bucket=environ["S3_DATASET_BUCKET"],
+        s3_access_key=environ["S3_ACCESS_KEY"],
+        s3_secret_key=environ["S3_SECRET_KEY"],
+        s3_endpoint_url=environ.get("S3_ENDPOINT_URL", ""),
+        cache_dir=environ.get("CACHE_DIR", "") or os.path.join(os.path.expanduser("~"), ".cache", "submission-criteria"),
+    )
+
+
+def local(environ, local_dir):
+    """Local settings: only MONGO_URL and API_KEY are read, both optional."""
+    return dict(
+        api_key=environ.get("API_KEY") or LOCAL_API_KEY,
+        mongo_url=environ.get("MONGO_URL", ""),
+        mongo_db_name=environ.get("MONGO_DB_NAME", "numerai-dev"),
+        upload_bucket="uploads",
+        dataset_bucket="datasets",
+        local_dir=local_dir,
+        cache_dir=os.path.join(local_dir, "cache"),
+    )
+
+
+def from_env(environ=None, use_local=False, local_dir="local"):
+    """Build a :class:`Config`, raising ConfigError with an actionable message."""
+    environ = os.environ if environ is None else environ
+    values = local(environ, local_dir) if use_local else production(environ)
+    try:
+        rules = Rules.from_env(environ)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+    return Config(
+        local=use_local,
+        port=_integer(environ, "PORT", DEFAULT_PORT),
+        host=environ.get("HOST", "127.0.0.1" if use_local else "0.0.0.0"),
+        originality_threads=_integer(environ, "ORIGINALITY_THREADS", 2),
+        http_threads=_integer(environ, "HTTP_THREADS", 16),
+        mongo_timeout_ms=_integer(environ, "MONGO_TIMEOUT_MS", 3000),
+        rules=rules,
+        **values,
+    )

@@ -1,0 +1,67 @@
+"""Prometheus metrics for the operators, on a registry of the app's own."""
+import prometheus_client
+from prometheus_client.core import GaugeMetricFamily
+
+from queues.pipeline import STAGES
+
+#: Stage durations span sub-millisecond checks to first-of-round clustering.
+DURATION_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
+
+
+class PipelineCollector:
+    """Queue depth, oldest age and thread liveness, read at scrape time."""
+
+    def __init__(self, pipeline, supervisor):
+        self.pipeline = pipeline
+        self.supervisor = supervisor
+
+    def collect(self):
+        depth = GaugeMetricFamily("criteria_queue_depth", "Submissions waiting or in work, by queue", labels=["queue"])
+        age = GaugeMetricFamily("criteria_queue_oldest_age_seconds", "Age of the oldest submission in a queue", labels=["queue"])
+        for stage in STAGES:
+            depth.add_metric([stage], self.pipeline.depth(stage))
+            age.add_metric([stage], self.pipeline.oldest_age(stage))
+        alive = GaugeMetricFamily("criteria_thread_alive", "1 when a pipeline thread is running", labels=["thread"])
+        for name, is_alive in self.supervisor.alive().items():
+            alive.add_metric([name], 1.0 if is_alive else 0.0)
+        return [depth, age, alive]
+
+
+class Metrics:
+    """Counters and histograms the service updates as it works."""
+
+    def __init__(self):
+        self.registry = prometheus_client.CollectorRegistry()
+        self.stage_seconds = prometheus_client.Histogram(
+            "criteria_stage_duration_seconds", "Time to complete a pipeline stage", ["stage"],
+            buckets=DURATION_BUCKETS, registry=self.registry)
+        self.outcomes = prometheus_client.Counter(
+            "criteria_submissions", "Submissions by outcome (done, failed, retried)", ["outcome"], registry=self.registry)
+        self.restarts = prometheus_client.Counter(
+            "criteria_thread_restarts", "Pipeline threads restarted after dying", ["thread"], registry=self.registry)
+        self.requests = prometheus_client.Counter(
+            "criteria_http_requests", "HTTP requests by endpoint and status", ["endpoint", "status"], registry=self.registry)
+        for stage in STAGES:
+            self.stage_seconds.labels(stage)
+        for outcome in ("done", "failed", "retried"):
+            self.outcomes.labels(outcome)
+
+    def watch(self, pipeline, supervisor):
+        """Report the pipeline's queues and threads at every scrape."""
+        self.registry.register(PipelineCollector(pipeline, supervisor))
+
+    def stage_finished(self, stage, seconds):
+        self.stage_seconds.labels(stage).observe(seconds)
+
+    def outcome(self, outcome):
+        self.outcomes.labels(outcome).inc()
+
+    def thread_restarted(self, name):
+        self.restarts.labels(name).inc()
+
+    def request(self, endpoint, status):
+        self.requests.labels(endpoint, str(status)).inc()
+
+    def render(self):
+        """The exposition text and its content type."""
+        return prometheus_client.generate_latest(self.registry), prometheus_client.CONTENT_TYPE_LATEST

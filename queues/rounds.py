@@ -1,0 +1,140 @@
+"""Each round's data, loaded once and kept: tournament rows, clusters, prepared submissions.
+
+The clustering depends only on the round's dataset, so its labels are
+computed once and saved on disk next to the dataset cache, named by the
+dataset's version and the clustering settings: a restart reads them
+back instead of fitting K-Means again. A failure to load is never
+cached; the next submission of the round tries again.
+"""
+import hashlib
+import logging
+import os
+import threading
+import time
+import zipfile
+
+import numpy as np
+
+from scoring import concordance, dataset
+from scoring.dataset import DatasetError
+from scoring.submission import parse_submission
+
+log = logging.getLogger(__name__)
+
+
+class Round:
+    """One round: its tournament rows, cluster groups and prepared submissions."""
+
+    def __init__(self, competition_id, version, tournament, index):
+        self.competition_id = competition_id
+        self.version = version
+        self.tournament = tournament
+        self.index = index
+        self.groups = None
+        self.sources = {}  # submission id -> (username, filename), for exact re-reads
+        self.lock = threading.Lock()
+
+
+def read_zip_member(path, member, reader):
+    """Apply ``reader`` to one CSV inside the dataset zip."""
+    try:
+        with zipfile.ZipFile(path) as archive, archive.open(member) as handle:
+            return reader(handle)
+    except KeyError:
+        raise DatasetError("the round's dataset zip has no %s" % member) from None
+    except zipfile.BadZipFile:
+        raise DatasetError("the round's dataset is not a valid zip file") from None
+
+
+class Rounds:
+    """Loads rounds on first use through ``files`` and keeps them by competition id."""
+
+    def __init__(self, files, cache_dir, rules, index_factory):
+        self.files = files
+        self.cache_dir = cache_dir
+        self.rules = rules
+        self.index_factory = index_factory
+        self._rounds = {}
+        self._lock = threading.Lock()
+        self._loading = {}
+
+    def get(self, competition_id):
+        """The loaded :class:`Round`, loading it (once, even across threads) if needed."""
+        competition_id = int(competition_id)
+        found = self._rounds.get(competition_id)
+        if found is not None:
+            return found
+        with self._lock:
+            gate = self._loading.setdefault(competition_id, threading.Lock())
+        with gate:
+            found = self._rounds.get(competition_id)
+            if found is None:
+                found = self._load(competition_id)
+                self._rounds[competition_id] = found
+            return found
+
+    def _load(self, competition_id):
+        started = time.monotonic()
+        path = self.files.dataset(competition_id)
+        version = self.files.dataset_version(competition_id)
+        tournament = read_zip_member(path, dataset.TOURNAMENT_FILE, dataset.read_tournament)
+        rnd = Round(competition_id, version, tournament, None)
+        rnd.index = self.index_factory(fetch_exact=lambda key: self._exact(rnd, key))
+        log.info("round %s: loaded %d tournament rows in %.2fs", competition_id, len(tournament.ids), time.monotonic() - started)
+        return rnd
+
+    # -- clusters -------------------------------------------------------------
+    def _cluster_path(self, rnd):
+        settings = "%d-%d" % (self.rules.concordance_clusters, self.rules.concordance_seed)
+        digest = hashlib.sha1(("%s|%s" % (rnd.version, settings)).encode()).hexdigest()[:16]
+        return os.path.join(self.cache_dir, "clusters", "%d-%s.npy" % (rnd.competition_id, digest))
+
+    def groups(self, rnd):
+        """Cluster groups of the round: from memory, else disk, else computed and saved."""
+        if rnd.groups is not None:
+            return rnd.groups
+        with rnd.lock:
+            if rnd.groups is None:
+                labels = self._labels(rnd)
+                rnd.groups = concordance.cluster_groups(labels, rnd.tournament.data_types)
+        return rnd.groups
+
+    def _labels(self, rnd):
+        path = self._cluster_path(rnd)
+        try:
+            labels = np.load(path)
+            if len(labels) == len(rnd.tournament.ids):
+                log.info("round %s: cluster labels read from %s", rnd.competition_id, path)
+                return labels
+        except (OSError, ValueError):
+            pass
+        started = time.monotonic()
+        training = read_zip_member(self.files.dataset(rnd.competition_id), dataset.TRAINING_FILE, dataset.read_training_features)
+        if training.shape[1] != rnd.tournament.features.shape[1]:
+            raise DatasetError("training and tournament data have different feature columns")
+        labels = concordance.fit_clusters(training, rnd.tournament.features, self.rules)
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        partial = path + ".part.npy"
+        np.save(partial, labels)
+        os.replace(partial, path)
+        log.info("round %s: clustered %d training + %d tournament rows in %.2fs",
+                 rnd.competition_id, len(training), len(labels), time.monotonic() - started)
+        return labels
+
+    # -- predictions ----------------------------------------------------------
+    def predictions(self, rnd, username, filename):
+        """A submission's predictions in the round's row order (float64)."""
+        raw = self.files.submission(username, filename)
+        return parse_submission(raw, rnd.tournament.ids)
+
+    def prepare(self, rnd, submission_id, username, filename, values=None):
+        """Make sure a submission is in the round's originality index."""
+        rnd.sources[submission_id] = (username, filename)
+        if submission_id not in rnd.index:
+            if values is None:
+                values = self.predictions(rnd, username, filename)
+            rnd.index.add(submission_id, values)
+
+    def _exact(self, rnd, submission_id):
+        username, filename = rnd.sources[submission_id]
+        return self.predictions(rnd, username, filename)

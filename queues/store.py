@@ -1,0 +1,204 @@
+"""The MongoDB documents the tournament backend shares with us.
+
+A thin wrapper over a pymongo ``Database``: each method is one or two
+atomic updates, so a crash between any two calls leaves documents that
+recovery can finish, and concurrent writers never duplicate a
+leaderboard entry. MongoDB is the record of truth for what was accepted.
+"""
+import datetime
+import logging
+
+import pymongo
+from bson import ObjectId
+
+log = logging.getLogger(__name__)
+
+QUEUED, SCORING, DONE, FAILED = "queued", "scoring", "done", "failed"
+#: Stage within SCORING: consistency first, then the two checks.
+STAGE_CONSISTENCY, STAGE_CHECKS = "consistency", "checks"
+CHECKS = ("concordant", "original")
+PENDING = {"pending": True}
+
+
+def utcnow():
+    """Naive UTC at millisecond precision, exactly as MongoDB will store it."""
+    now = datetime.datetime.now(datetime.timezone.utc).replace(tzinfo=None)
+    return now.replace(microsecond=now.microsecond // 1000 * 1000)
+
+
+class Store:
+    """Submissions, competitions and users in one database."""
+
+    def __init__(self, db):
+        self.db = db
+        self.submissions = db.submissions
+        self.competitions = db.competitions
+        self.users = db.users
+
+    # -- intake -------------------------------------------------------------
+    def accept(self, submission_id):
+        """Record that a submission is queued; return 'queued', 'already' or 'missing'.
+
+        Only a submission not already queued or being scored moves to
+        QUEUED, in one atomic update, so a repeated request queues it once.
+        """
+        oid = ObjectId(submission_id)
+        now = utcnow()
+        doc = self.submissions.find_one_and_update(
+            {"_id": oid, "processing.state": {"$nin": [QUEUED, SCORING]}},
+            {"$set": {"processing.state": QUEUED, "processing.stage": STAGE_CONSISTENCY,
+                      "processing.queued_at": now, "processing.updated_at": now,
+                      "processing.attempts": 0, "processing.error": None}},
+            projection={"_id": 1},
+        )
+        if doc is not None:
+            return "queued"
+        return "already" if self.submissions.count_documents({"_id": oid}, limit=1) else "missing"
+
+    def get(self, submission_id):
+        """The submission document, or None."""
+        return self.submissions.find_one({"_id": ObjectId(submission_id)})
+
+    def ping(self):
+        """Raise unless the database answers."""
+        self.db.command("ping")
+
+    # -- dispatcher ---------------------------------------------------------
+    def begin(self, submission_id):
+        """Move a submission into SCORING and mark both checks pending.
+
+        Returns the document after the update, or None if it is gone.
+        Marking the checks here, with the state, means a crash at any later
+        point leaves a document that says exactly what is unfinished.
+        """
+        now = utcnow()
+        return self.submissions.find_one_and_update(
+            {"_id": ObjectId(submission_id)},
+            {"$set": {"processing.state": SCORING, "processing.stage": STAGE_CONSISTENCY,
+                      "processing.started_at": now, "processing.updated_at": now,
+                      "concordant": PENDING, "original": PENDING},
+             "$inc": {"processing.attempts": 1}},
+            return_document=pymongo.ReturnDocument.AFTER,
+        )
+
+    def record_consistency(self, doc, consistency, logloss):
+        """Write consistency (and logloss where the backend gave none); enter the checks stage."""
+        fields = {"consistency": consistency, "processing.stage": STAGE_CHECKS, "processing.updated_at": utcnow()}
+        if doc.get("validationLogloss") is None:
+            fields["validationLogloss"] = logloss
+        self.submissions.update_one({"_id": doc["_id"]}, {"$set": fields})
+
+    def career_earnings(self, username):
+        """The user's career earnings, zeros when the user has none recorded."""
+        user = self.users.find_one({"username": username}, {"earnings.career": 1}) or {}
+        career = (user.get("earnings") or {}).get("career") or {}
+        return {"usd": career.get("usd", 0), "nmr": career.get("nmr", 0)}
+
+    def update_leaderboard(self, doc, consistency, logloss):
+        """Point the user's single leaderboard entry at this submission.
+
+        Updates the entry in place when the user has one; otherwise pushes
+        a new one guarded by "no entry for this user yet". Both steps are
+        atomic conditional updates, so racing writers end with one entry.
+        """
+        competition_id = int(doc["competition_id"])
+        username = doc["username"]
+        self.competitions.update_one({"_id": competition_id}, {"$setOnInsert": {"leaderboard": []}}, upsert=True)
+        scores = {"validation": logloss, "consistency": consistency}
+        for _ in range(5):
+            updated = self.competitions.update_one(
+                {"_id": competition_id, "leaderboard.username": username},
+                {"$set": {"leaderboard.$.submission_id": doc["_id"], "leaderboard.$.logloss": scores,
+                          "leaderboard.$.concordant": PENDING, "leaderboard.$.original": PENDING}},
+            )
+            if updated.matched_count:
+                return
+            entry = {"username": username, "submission_id": doc["_id"],
+                     "earnings": {"career": self.career_earnings(username), "competition": {"usd": 0, "nmr": 0}},
+                     "logloss": scores, "concordant": PENDING, "original": PENDING}
+            pushed = self.competitions.update_one(
+                {"_id": competition_id, "leaderboard.username": {"$ne": username}},
+                {"$push": {"leaderboard": entry}},
+            )
+            if pushed.matched_count:
+                return
+        raise RuntimeError("leaderboard entry for %s kept changing under us" % username)
+
+    # -- checks -------------------------------------------------------------
+    def record_check(self, doc, check, value, error=None):
+        """Write one check's verdict to the submission and its leaderboard entry.
+
+        ``value`` None with an ``error`` records a check that could not be
+        judged. Then, if no check is pending any more, the submission is done
+        (or failed, when a check failed). Returns True when this call
+        finished the submission.
+        """
+        verdict = {"pending": False, "value": value}
+        if error is not None:
+            verdict["error"] = error
+        self.submissions.update_one({"_id": doc["_id"]}, {"$set": {check: verdict, "processing.updated_at": utcnow()}})
+        if doc.get("competition_id") is not None:
+            self.competitions.update_one(
+                {"_id": int(doc["competition_id"]), "leaderboard": {"$elemMatch": {"submission_id": doc["_id"]}}},
+                {"$set": {"leaderboard.$." + check: verdict}},
+            )
+        if error is not None:
+            self.set_failed(doc["_id"], error)
+        return self.finish_if_complete(doc["_id"])
+
+    def finish_if_complete(self, oid):
+        """SCORING becomes DONE once neither check is pending (atomic, idempotent)."""
+        return bool(self.submissions.update_one(
+            {"_id": oid, "processing.state": SCORING, "concordant.pending": False, "original.pending": False},
+            {"$set": {"processing.state": DONE, "processing.finished_at": utcnow(), "processing.updated_at": utcnow()}},
+        ).modified_count)
+
+    def set_failed(self, oid, error):
+        """Mark the submission FAILED with a reason."""
+        now = utcnow()
+        self.submissions.update_one(
+            {"_id": oid},
+            {"$set": {"processing.state": FAILED, "processing.error": error,
+                      "processing.finished_at": now, "processing.updated_at": now}},
+        )
+
+    def fail(self, submission_id, error):
+        """End a submission as failed: every pending check gets the reason.
+
+        Checks already judged keep their verdicts; nothing stays pending.
+        """
+        oid = ObjectId(submission_id)
+        doc = self.submissions.find_one({"_id": oid}, {"competition_id": 1, "concordant": 1, "original": 1})
+        if doc is None:
+            return
+        for check in CHECKS:
+            if (doc.get(check) or PENDING).get("pending", True):
+                self.record_check(doc, check, None, error)
+        self.set_failed(oid, error)
+
+    # -- originality ----------------------------------------------------------
+    def latest_others(self, competition_id, username, created):
+        """Everyone else's latest submission created before ``created`` in the round.
+
+        One per other user: ``[{submission_id, username, filename}]``.
+        """
+        pipeline = [
+            {"$match": {"competition_id": int(competition_id), "created": {"$lt": created}, "username": {"$ne": username}}},
+            {"$sort": {"created": -1}},
+            {"$group": {"_id": "$username", "submission_id": {"$first": "$_id"}, "filename": {"$first": "$filename"}}},
+        ]
+        return [{"submission_id": str(row["submission_id"]), "username": row["_id"], "filename": row["filename"]}
+                for row in self.submissions.aggregate(pipeline)]
+
+    # -- recovery -------------------------------------------------------------
+    def unfinished(self):
+        """Accepted submissions not yet done or failed, oldest first."""
+        return self.submissions.find(
+            {"processing.state": {"$in": [QUEUED, SCORING]}},
+            {"processing": 1, "concordant": 1, "original": 1, "created": 1},
+        ).sort("created", 1)
+
+    def ensure_indexes(self):
+        """Indexes for recovery and for the originality query."""
+        self.submissions.create_index([("processing.state", 1)])
+        self.submissions.create_index([("competition_id", 1), ("created", -1)])
