@@ -40,14 +40,18 @@ class Config:
     rules: Rules = Rules()
 
 
-def _integer(environ, name, default):
+def _number(environ, name, default, kind=int):
+    """An optional numeric variable; ConfigError naming it when it does not parse."""
     value = environ.get(name, "")
     if not value:
         return default
     try:
-        return int(value)
+        parsed = kind(value)
     except ValueError:
-        raise ConfigError("%s=%r is not a whole number" % (name, value)) from None
+        parsed = -1
+    if parsed <= 0:
+        raise ConfigError("%s=%r must be a positive %s" % (name, value, "whole number" if kind is int else "number"))
+    return parsed
 
 
 def production(environ):
@@ -91,11 +95,13 @@ def from_env(environ=None, use_local=False, local_dir="local"):
         raise ConfigError(str(exc)) from None
     return Config(
         local=use_local,
-        port=_integer(environ, "PORT", DEFAULT_PORT),
+        port=_number(environ, "PORT", DEFAULT_PORT),
         host=environ.get("HOST", "127.0.0.1" if use_local else "0.0.0.0"),
-        originality_threads=_integer(environ, "ORIGINALITY_THREADS", 2),
-        http_threads=_integer(environ, "HTTP_THREADS", 16),
-        mongo_timeout_ms=_integer(environ, "MONGO_TIMEOUT_MS", 3000),
+        originality_threads=_number(environ, "ORIGINALITY_THREADS", 2),
+        http_threads=_number(environ, "HTTP_THREADS", 16),
+        mongo_timeout_ms=_number(environ, "MONGO_TIMEOUT_MS", 3000),
+        stop_timeout=_number(environ, "STOP_TIMEOUT", 15.0, float),
+        recovery_interval=_number(environ, "RECOVERY_INTERVAL", 30.0, float),
         rules=rules,
         **values,
     )
