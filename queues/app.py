@@ -6,6 +6,7 @@ and never logged or echoed.
 """
 import datetime
 import hmac
+import json
 import logging
 
 import pymongo.errors
@@ -44,7 +45,10 @@ def read_body():
     """The request fields from a JSON object or a form; BadRequest otherwise."""
     if request.mimetype in ("application/x-www-form-urlencoded", "multipart/form-data"):
         return request.form.to_dict()
-    body = request.get_json(force=True, silent=True)
+    try:
+        body = json.loads(request.get_data(cache=False))
+    except (ValueError, RecursionError):  # RecursionError: deeply nested arrays
+        body = None
     if not isinstance(body, dict):
         raise BadRequest(400, "the body must be a JSON object (or form fields) with submission_id and api_key")
     return body

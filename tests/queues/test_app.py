@@ -1,0 +1,241 @@
+"""The HTTP intake through Flask's test client, against mongomock."""
+import json
+import logging
+import random
+import string
+
+import pymongo.errors
+import pytest
+
+from queues.app import MAX_BODY_BYTES, create_app
+from queues.pipeline import LEADERBOARD
+from tests.conftest import API_KEY
+
+
+def post(client, **body):
+    return client.post("/", json=body)
+
+
+def test_accepts_a_submission_and_queues_it_once(client, submit, store, pipeline, model):
+    sid = submit("zuz", model(1))
+    response = post(client, submission_id=sid, api_key=API_KEY, user_id="zuz")
+    assert response.status_code == 202
+    assert response.get_json() == {"submission_id": sid, "status": "queued", "duplicate": False}
+    assert store.get(sid)["processing"]["state"] == "queued"
+    assert pipeline.queues[LEADERBOARD].get_nowait().submission_id == sid
+
+    again = post(client, submission_id=sid, api_key=API_KEY)
+    assert again.status_code == 202
+    assert again.get_json()["duplicate"] is True
+    assert pipeline.queues[LEADERBOARD].empty()
+
+
+def test_accepts_form_fields(client, submit, model, pipeline):
+    sid = submit("zuz", model(1))
+    response = client.post("/", data={"submission_id": sid, "api_key": API_KEY})
+    assert response.status_code == 202
+    assert pipeline.depth(LEADERBOARD) == 1
+
+
+def test_uppercase_ids_are_the_same_submission(client, submit, model, pipeline):
+    sid = submit("zuz", model(1))
+    assert post(client, submission_id=sid.upper(), api_key=API_KEY).status_code == 202
+    assert pipeline.queues[LEADERBOARD].get_nowait().submission_id == sid
+
+
+@pytest.mark.parametrize("key", [None, "", "wrong", API_KEY + "x", API_KEY[:-1], 12345])
+def test_rejects_a_missing_or_wrong_key_without_echoing_it(client, submit, model, pipeline, store, key, caplog):
+    caplog.set_level(logging.DEBUG)
+    sid = submit("zuz", model(1))
+    body = {"submission_id": sid}
+    if key is not None:
+        body["api_key"] = key
+    response = client.post("/", json=body)
+    assert response.status_code == 401
+    assert "error" in response.get_json()
+    if isinstance(key, str) and key:
+        assert key not in response.get_data(as_text=True)
+        assert key not in caplog.text
+    assert API_KEY not in response.get_data(as_text=True)
+    assert pipeline.depth(LEADERBOARD) == 0
+    assert "processing" not in store.get(sid)
+
+
+def test_the_key_is_never_logged_on_success(client, submit, model, caplog):
+    caplog.set_level(logging.DEBUG)
+    sid = submit("zuz", model(1))
+    assert post(client, submission_id=sid, api_key=API_KEY).status_code == 202
+    assert API_KEY not in caplog.text
+
+
+@pytest.mark.parametrize("data, content_type", [
+    ("[1, 2]", "application/json"),
+    ('"just a string"', "application/json"),
+    ("42", "application/json"),
+    ("{not json", "application/json"),
+    ("", "application/json"),
+    ("submission_id=abc", "text/plain"),
+])
+def test_rejects_bodies_that_are_not_objects(client, data, content_type):
+    response = client.post("/", data=data, content_type=content_type)
+    assert response.status_code == 400
+    assert "JSON object" in response.get_json()["error"]
+
+
+@pytest.mark.parametrize("submission_id, message", [
+    (None, "required"),
+    ("", "required"),
+    ("58d411e5727861120", "ObjectId"),
+    ("zz d411e57278611200ee49a6", "ObjectId"),
+    (12345, "ObjectId"),
+    (["58d411e57278611200ee49a6"], "ObjectId"),
+])
+def test_rejects_bad_submission_ids(client, submission_id, message):
+    body = {"api_key": API_KEY}
+    if submission_id is not None:
+        body["submission_id"] = submission_id
+    response = client.post("/", json=body)
+    assert response.status_code == 400
+    assert message in response.get_json()["error"]
+
+
+def test_rejects_a_user_id_that_is_not_text(client, submit, model):
+    sid = submit("zuz", model(1))
+    assert post(client, submission_id=sid, api_key=API_KEY, user_id={"a": 1}).status_code == 400
+
+
+def test_unknown_submission_is_404(client, pipeline):
+    response = post(client, submission_id="5" * 24, api_key=API_KEY)
+    assert response.status_code == 404
+    assert "5" * 24 in response.get_json()["error"]
+    assert pipeline.depth(LEADERBOARD) == 0
+
+
+def test_oversized_bodies_are_413(client):
+    body = json.dumps({"submission_id": "5" * 24, "api_key": API_KEY, "pad": "x" * MAX_BODY_BYTES})
+    response = client.post("/", data=body, content_type="application/json")
+    assert response.status_code == 413
+    assert "error" in response.get_json()
+
+
+class AwayStore:
+    """A store whose database cannot be reached."""
+
+    def __getattr__(self, name):
+        def unreachable(*args, **kwargs):
+            raise pymongo.errors.ServerSelectionTimeoutError("no servers")
+        return unreachable
+
+
+def test_database_away_is_503_with_retry_after_and_nothing_queued(pipeline, config, supervisor, metrics):
+    client = create_app(AwayStore(), pipeline, config, supervisor, metrics).test_client()
+    response = post(client, submission_id="5" * 24, api_key=API_KEY)
+    assert response.status_code == 503
+    assert int(response.headers["Retry-After"]) > 0
+    assert "database" in response.get_json()["error"]
+    assert pipeline.depth(LEADERBOARD) == 0
+    health = client.get("/health")
+    assert health.status_code == 503
+    assert health.get_json()["database"].startswith("unavailable")
+
+
+def test_status_shows_what_is_stored(client, submit, model, store):
+    sid = submit("zuz", model(1))
+    assert client.get("/submissions/" + sid).status_code == 401
+    assert client.get("/submissions/" + sid, headers={"X-API-Key": "nope"}).status_code == 401
+    post(client, submission_id=sid, api_key=API_KEY)
+    store.submissions.update_one({"_id": store.get(sid)["_id"]},
+                                 {"$set": {"consistency": 75.0, "concordant": {"pending": True}}})
+    body = client.get("/submissions/" + sid, headers={"X-API-Key": API_KEY}).get_json()
+    assert body["submission_id"] == sid
+    assert body["status"] == "queued"
+    assert body["consistency"] == 75.0
+    assert body["concordant"] == {"pending": True}
+    assert body["original"] is None
+    assert body["processing"]["attempts"] == 0
+    assert body["processing"]["queued_at"].endswith("Z")
+    assert client.get("/submissions/" + "6" * 24, headers={"X-API-Key": API_KEY}).status_code == 404
+    assert client.get("/submissions/nothex", headers={"X-API-Key": API_KEY}).status_code == 400
+
+
+def test_health_reports_threads_database_and_queues(client, supervisor, pipeline):
+    supervisor.add("idle", lambda: pipeline.stop.wait())
+    supervisor.start()
+    try:
+        body = client.get("/health")
+        assert body.status_code == 200
+        data = body.get_json()
+        assert data["database"] == "ok"
+        assert data["threads"] == {"idle": True, "supervisor": True}
+        assert set(data["queues"]) == {"leaderboard", "concordance", "originality"}
+        assert API_KEY not in body.get_data(as_text=True)
+    finally:
+        assert supervisor.stop(5) == []
+    assert client.get("/health").status_code == 503
+
+
+def test_metrics_are_prometheus_text(client, submit, model):
+    post(client, submission_id=submit("zuz", model(1)), api_key=API_KEY)
+    response = client.get("/metrics")
+    text = response.get_data(as_text=True)
+    assert response.status_code == 200
+    assert response.content_type.startswith("text/plain")
+    assert 'criteria_queue_depth{queue="leaderboard"} 1.0' in text
+    assert 'criteria_http_requests_total{endpoint="/",status="202"} 1.0' in text
+
+
+def test_unknown_routes_and_methods_answer_json(client):
+    assert client.get("/nowhere").status_code == 404
+    response = client.get("/")
+    assert response.status_code == 405
+    assert "error" in response.get_json()
+
+
+FUZZ_TYPES = ["application/json", "application/x-www-form-urlencoded", "multipart/form-data",
+              "text/plain", "application/octet-stream", "", "application/json; charset=latin-1", "garbage/\x00"]
+
+
+def fuzz_body(rng, sid):
+    """A random body: valid-looking, broken, binary, nested or huge."""
+    choice = rng.randrange(8)
+    if choice == 0:
+        return json.dumps({"submission_id": rng.choice([sid, sid.upper(), sid[:-1], None, 5, [sid], {"$gt": ""}]),
+                           "api_key": rng.choice([API_KEY, "", None, 0, [API_KEY], "\udcff"]),
+                           "user_id": rng.choice(["zuz", None, 3, {"x": 1}])}).encode("utf-8", "surrogatepass")
+    if choice == 1:
+        return bytes(rng.randrange(256) for _ in range(rng.randrange(200)))
+    if choice == 2:
+        return ("submission_id=%s&api_key=%s" % (sid, rng.choice([API_KEY, "%ZZ", "%00"]))).encode()
+    if choice == 3:
+        return ("[" * rng.randrange(1, 3000)).encode()
+    if choice == 4:
+        return json.dumps({"submission_id": sid, "api_key": API_KEY, "x": "y" * rng.randrange(20000)}).encode()
+    if choice == 5:
+        return "".join(rng.choice(string.printable) for _ in range(rng.randrange(100))).encode()
+    if choice == 6:
+        return b'{"submission_id": "%s", "api_key": "%s"' % (sid.encode(), API_KEY.encode())
+    return json.dumps(rng.choice([None, True, 1.5, "x", [], {}, {"api_key": API_KEY}])).encode()
+
+
+def test_fuzzed_requests_never_get_a_server_error(client, submit, model):
+    """Random bodies, content types and headers: every answer is a 2xx or 4xx with a JSON error."""
+    rng = random.Random(20261122)
+    sid = submit("zuz", model(1))
+    statuses = {}
+    for _ in range(600):
+        headers = {}
+        if rng.random() < 0.3:
+            headers["Content-Length"] = str(rng.choice([0, 1, 10 ** 9]))
+        if rng.random() < 0.2:
+            headers["Transfer-Encoding"] = "chunked"
+        if rng.random() < 0.2:
+            headers["X-API-Key"] = rng.choice([API_KEY, "", "\x7f"])
+        path = rng.choice(["/", "/", "/", "/submissions/" + sid, "/submissions/%00", "/submissions/" + "\u00e9" * 24])
+        method = rng.choice(["POST", "POST", "GET", "PUT"])
+        response = client.open(path, method=method, data=fuzz_body(rng, sid),
+                               content_type=rng.choice(FUZZ_TYPES), headers=headers)
+        statuses[response.status_code] = statuses.get(response.status_code, 0) + 1
+        assert response.status_code < 500, (method, path, response.status_code, response.get_data()[:200])
+        if response.status_code >= 400:
+            assert "error" in (response.get_json(silent=True) or {}), response.get_data()[:200]
+    assert 202 in statuses and 400 in statuses and 401 in statuses
