@@ -155,6 +155,14 @@ def make_grid(values, points=GRID_POINTS):
     return np.unique(ordered[at])
 
 
+def grid_counts(ordered, grid):
+    """Extended grid counts ``[0, #{x <= G[0]}, ..., #{x <= G[g-1]}, n]`` of sorted values."""
+    counts = np.empty(grid.size + 2, dtype=np.int64)
+    counts[0], counts[-1] = 0, ordered.size
+    counts[1:-1] = np.searchsorted(ordered, grid, side="right")
+    return counts
+
+
 def recover(centered32, mean, scale):
     """Rebuild values written with at most log10(scale) decimals from the float32 copy."""
     return np.rint((mean + centered32.astype(np.float64)) * scale) / scale
@@ -247,16 +255,13 @@ def prepare(values, grid, blocks):
     padded = np.zeros(blocks * BLOCK, dtype=np.float32)
     padded[: values.size] = centered
     ordered = np.sort(values)
-    counts = np.empty(grid.size + 2, dtype=np.int64)
-    counts[0], counts[-1] = 0, values.size
-    counts[1:-1] = np.searchsorted(ordered, grid, side="right")
     return _Vector(
         blocks32=padded.reshape(blocks, BLOCK),
         mean=float(mean),
         norm=norm,
         constant=is_constant(values),
         bounds=vector_bounds(values, norm),
-        counts=counts,
+        counts=grid_counts(ordered, grid),
         ordered=ordered,
     )
 

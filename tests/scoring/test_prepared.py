@@ -1,0 +1,480 @@
+"""The prepared fast path must reach exactly the plain rule's decisions.
+
+Every verdict here is compared with ``scoring.originality.is_original``
+on the same values; the data is built to sit on the edges the fast path
+could get wrong: KS counts exactly at, below and above each cut-off,
+correlations within 1e-7 of the limit, ties, ties that only float32
+creates, constants, tiny rounds, and coarse grids that force the exact
+fallbacks.
+"""
+import threading
+
+import numpy as np
+import pytest
+import scipy.stats
+
+from scoring import originality
+from scoring.ks import ks_counts, ks_statistic
+from scoring.prepared import (
+    BLOCK,
+    GRID_POINTS,
+    SEGMENT_ROWS,
+    PreparedRound,
+    cutoff,
+    grid_counts,
+    ks_count_from,
+    ks_interval,
+    make_grid,
+)
+from scoring.rules import Rules
+
+RULE_VARIANTS = (Rules(), Rules(max_similar=2), Rules(max_similar=3), Rules(max_similar=0))
+#: Grids from one point per ~n/4 values (loose bounds, many exact fallbacks) to the default.
+GRIDS = (4, 64, GRID_POINTS)
+
+
+def build(vectors, grid_points=GRID_POINTS):
+    """A PreparedRound holding ``vectors``; exact values come from the dict."""
+    store = {key: np.asarray(values, dtype=np.float64) for key, values in vectors.items()}
+    prepared = PreparedRound(fetch_exact=store.__getitem__, grid_points=grid_points)
+    for key, values in store.items():
+        prepared.add(key, values)
+    return prepared
+
+
+def agree(prepared, vectors, candidate, keys, rules_variants=RULE_VARIANTS):
+    """Assert fast == plain under each rules variant; return the plain verdicts."""
+    verdicts = []
+    for rules in rules_variants:
+        plain = originality.is_original(candidate, [vectors[k] for k in keys], rules)
+        fast = prepared.is_original(candidate, keys, rules)
+        assert fast == plain, "fast %s != plain %s with %s against %s" % (fast, plain, rules, keys)
+        verdicts.append(plain)
+    return verdicts
+
+
+def leave_one_out(vectors, grid_points=GRID_POINTS, rules_variants=RULE_VARIANTS):
+    """Judge every vector against all the others; return plain verdicts."""
+    prepared = build(vectors, grid_points)
+    verdicts = []
+    for key, values in vectors.items():
+        others = [k for k in vectors if k != key]
+        verdicts += agree(prepared, vectors, values, others, rules_variants)
+    return verdicts
+
+
+def distinct_values(rng, n, low=0.1, high=0.8, decimals=5):
+    """n distinct values on a decimal grid in [low, high)."""
+    scale = 10 ** decimals
+    return rng.choice(np.arange(int(low * scale), int(high * scale)), size=n, replace=False) / scale
+
+
+def moved_copy(rng, base, count, decimals=5):
+    """A permutation of ``base`` whose ``count`` smallest values move above its maximum.
+
+    The KS count against ``base`` is then exactly ``count`` (the CDFs differ
+    by ``count`` between the old smallest values and the new ones), while
+    the permutation keeps the correlation near zero.
+    """
+    other = rng.permutation(base)
+    lowest = np.argsort(other)[:count]
+    other[lowest] = np.round(0.9 + np.arange(count) * 10.0 ** -decimals, decimals)
+    return other
+
+
+# -- KS itself --------------------------------------------------------------
+
+def tie_heavy_pairs(rng):
+    """Pairs of samples with many ties, copies, permutations and shifts."""
+    for decimals in (1, 2, 5):
+        for n in (1, 7, 1000):
+            a = np.round(rng.beta(2, 2, n), decimals)
+            yield a, np.round(rng.beta(2, 3, n), decimals)
+            yield a, rng.permutation(a)
+            yield a, np.round(np.clip(a + 10.0 ** -decimals, 0, 1), decimals)
+            yield a, np.round(rng.beta(2, 2, n + 3), decimals)
+
+
+def test_ks_statistic_matches_scipy_on_ties():
+    rng = np.random.default_rng(1)
+    for a, b in tie_heavy_pairs(rng):
+        ours = ks_statistic(np.sort(a), np.sort(b))
+        assert abs(ours - scipy.stats.ks_2samp(a, b).statistic) <= 1e-12
+
+
+def test_ks_interval_brackets_the_exact_count():
+    rng = np.random.default_rng(2)
+    for a, b in tie_heavy_pairs(rng):
+        if a.size != b.size:
+            continue
+        a_sorted, b_sorted = np.sort(a), np.sort(b)
+        exact = ks_counts(a_sorted, b_sorted)
+        for grid in (make_grid(a, 3), make_grid(b, 64), make_grid(rng.random(50), 16), np.array([0.5])):
+            counts_a, counts_b = grid_counts(a_sorted, grid), grid_counts(b_sorted, grid)
+            lower, upper = ks_interval(counts_a, counts_b)
+            assert lower <= exact <= upper
+            for cut in range(0, a.size + 2, max(1, a.size // 50)):
+                found = ks_count_from(a_sorted, counts_a, b_sorted, counts_b, cut)
+                assert found <= exact
+                assert found == exact if exact >= cut else found < cut
+
+
+@pytest.mark.parametrize("n", [1, 2, 3, 7, 10, 333, 1000, 45000])
+@pytest.mark.parametrize("threshold", [0.005, 0.03, 0.1 + 0.2, 0.3, 1 / 3, 0.0, 1.0, 1.5, -0.1])
+def test_cutoff_is_the_plain_float_comparison(n, threshold):
+    for predicate in (lambda k: k / n < threshold, lambda k: k / n <= threshold):
+        brute = next((k for k in range(n + 1) if not predicate(k)), n + 1)
+        assert cutoff(n, predicate) == brute
+
+
+# -- KS cut-offs, exactly at the edges ---------------------------------------
+
+@pytest.mark.parametrize("grid_points", GRIDS)
+@pytest.mark.parametrize("count", [0, 4, 5, 6, 29, 30, 31, 60])
+def test_ks_counts_at_each_cutoff(count, grid_points):
+    rng = np.random.default_rng(count)
+    n = 1000
+    base = distinct_values(rng, n)
+    other = moved_copy(rng, base, count)
+    assert ks_statistic(np.sort(base), np.sort(other)) == count / n
+    assert abs(originality.pearson(base, other)) < 0.5
+    vectors = {"base": base, "other": other}
+    prepared = build(vectors, grid_points)
+    agree(prepared, vectors, base, ["other"])
+    agree(prepared, vectors, other, ["base"])
+
+
+@pytest.mark.parametrize("grid_points", GRIDS)
+@pytest.mark.parametrize("counts", [(20, 30, 31), (10, 29, 31), (5, 6, 31), (4, 50, 60), (31, 32, 40)])
+def test_similar_counts_against_max_similar(counts, grid_points):
+    rng = np.random.default_rng(sum(counts))
+    base = distinct_values(rng, 1000)
+    vectors = {"base": base}
+    vectors.update(("moved%d" % c, moved_copy(rng, base, c)) for c in counts)
+    prepared = build(vectors, grid_points)
+    others = [k for k in vectors if k != "base"]
+    verdicts = agree(prepared, vectors, base, others)
+    verdicts += agree(prepared, vectors, base, others + others[:1])  # a repeated key counts twice
+    verdicts += leave_one_out(vectors, grid_points)
+    assert len(set(verdicts)) == 2, "the construction should give both verdicts"
+
+
+def test_float32_ties_are_not_taken_for_float64_ties():
+    """Values apart by less than float32 resolution round to the same float32
+    copy; KS must still count them as different."""
+    rng = np.random.default_rng(3)
+    n = 1000
+    for tied in (4, 5, 6, 30, 31):
+        candidate = distinct_values(rng, n, 0.4, 0.9)
+        candidate[:tied] = 0.3
+        nudged = candidate.copy()
+        nudged[:tied] = 0.3 + 1e-13
+        assert np.array_equal(nudged.astype(np.float32), candidate.astype(np.float32))
+        order = rng.permutation(n)
+        vectors = {"nudged": nudged, "shuffled": nudged[order], "candidate": candidate}
+        for grid_points in GRIDS:
+            prepared = build(vectors, grid_points)
+            for keys in (["shuffled"], ["nudged"], ["shuffled", "nudged"]):
+                agree(prepared, vectors, candidate, keys)
+            assert ks_counts(np.sort(candidate), np.sort(nudged)) == tied
+
+
+def test_exact_duplicates_and_permuted_copies():
+    rng = np.random.default_rng(4)
+    base = np.round(rng.beta(3, 3, 2000), 5)
+    vectors = {
+        "base": base,
+        "copy": base.copy(),
+        "permuted": rng.permutation(base),
+        "coarse": np.round(base, 2),
+        "coarse_permuted": rng.permutation(np.round(base, 2)),
+        "unrelated": np.round(rng.beta(3, 3, 2000), 5),
+    }
+    verdicts = []
+    for grid_points in GRIDS:
+        verdicts += leave_one_out(vectors, grid_points)
+        prepared = build(vectors, grid_points)
+        verdicts += agree(prepared, vectors, base, ["permuted", "unrelated"])
+        verdicts += agree(prepared, vectors, base, ["unrelated"])
+    assert len(set(verdicts)) == 2
+
+
+# -- correlation at the limit -----------------------------------------------
+
+def correlated_with(rng, a, r):
+    """A vector whose float64 Pearson correlation with ``a`` is ``r`` up to ~1e-15."""
+    centered = a - a.mean()
+    noise = rng.normal(size=a.size)
+    noise -= noise.mean()
+    noise -= noise @ centered / (centered @ centered) * centered
+    direction = r * centered / np.linalg.norm(centered) + np.sqrt(1 - r * r) * noise / np.linalg.norm(noise)
+    return 0.5 + 0.1 * np.sqrt(a.size) * direction
+
+
+@pytest.mark.parametrize("sign", [1, -1])
+def test_correlation_within_1e7_of_the_limit_full_precision(sign):
+    """Full-precision floats cannot be rebuilt from float32: fetch_exact is used."""
+    rng = np.random.default_rng(5)
+    a = rng.random(1000) * 0.5 + 0.25
+    vectors = {"a": a}
+    for i, delta in enumerate((-1e-7, -1e-9, -1e-12, 0.0, 1e-12, 1e-9, 1e-7)):
+        target = sign * (0.95 + delta)
+        b = correlated_with(rng, a, target)
+        assert abs(originality.pearson(a, b) - target) < 1e-12
+        vectors["b%d" % i] = b
+    prepared = build(vectors)
+    verdicts = []
+    for key in vectors:
+        if key != "a":
+            verdicts += agree(prepared, vectors, a, [key], (Rules(),))
+            verdicts += agree(prepared, vectors, vectors[key], ["a"], (Rules(),))
+    assert set(verdicts) == {True, False}
+    stats = prepared.stats
+    assert stats["correlation_exact"] > 0 and stats["fetched"] > 0
+
+
+def test_correlation_at_the_limit_with_six_decimals():
+    """Rounded to 6 decimals, values are rebuilt from float32 in memory."""
+    rng = np.random.default_rng(6)
+    a = np.round(rng.random(777) * 0.5 + 0.25, 6)
+
+    def rounded_other(r, seed):
+        return np.round(correlated_with(np.random.default_rng(seed), a, r), 6)
+
+    vectors = {"a": a}
+    for seed in range(4):
+        low, high = 0.949, 0.951
+        for _ in range(60):
+            middle = (low + high) / 2
+            if originality.pearson(a, rounded_other(middle, seed)) > 0.95:
+                high = middle
+            else:
+                low = middle
+        below, above = rounded_other(low, seed), rounded_other(high, seed)
+        assert 0.95 - 1e-6 < originality.pearson(a, below) <= 0.95 < originality.pearson(a, above) < 0.95 + 1e-6
+        vectors["below%d" % seed], vectors["above%d" % seed] = below, above
+    prepared = build(vectors)
+    verdicts = []
+    for key in vectors:
+        if key != "a":
+            verdicts += agree(prepared, vectors, a, [key], (Rules(),))
+    assert set(verdicts) == {True, False}
+    assert prepared.stats["fetched"] == 0 and prepared.stats["correlation_exact"] > 0
+
+
+# -- degenerate rounds ---------------------------------------------------------
+
+def test_constant_vectors_skip_the_correlation_clause():
+    rng = np.random.default_rng(7)
+    n = 600
+    vectors = {
+        "half": np.full(n, 0.5),
+        "half_again": np.full(n, 0.5),
+        "seven": np.full(n, 0.7),
+        "random": np.round(rng.random(n), 5),
+        "mostly_half": np.where(np.arange(n) < 3, 0.6, 0.5),
+    }
+    verdicts = []
+    for grid_points in GRIDS:
+        verdicts += leave_one_out(vectors, grid_points)
+    assert set(verdicts) == {True, False}
+
+
+@pytest.mark.parametrize("n", [1, 2, BLOCK - 1, BLOCK, BLOCK + 1])
+def test_tiny_and_unaligned_rounds(n):
+    rng = np.random.default_rng(n)
+    vectors = {"x%d" % i: np.round(rng.random(n), 2) for i in range(6)}
+    vectors["copy"] = vectors["x0"].copy()
+    if n == 1:
+        vectors.update(near=np.array([0.3]), same=np.array([0.3]), next=np.array([np.nextafter(0.3, 1)]))
+    for grid_points in GRIDS:
+        leave_one_out(vectors, grid_points)
+
+
+def test_no_others_is_original():
+    prepared = build({"a": np.array([0.1, 0.2])})
+    assert prepared.is_original(np.array([0.1, 0.2]), []) is True
+    assert originality.is_original(np.array([0.1, 0.2]), []) is True
+
+
+# -- many random rounds ------------------------------------------------------
+
+def random_round(rng):
+    """A round of families of related submissions with ties, copies and constants."""
+    n = int(rng.choice([1, 2, 17, 255, 257, 600, 1500]))
+    size = int(rng.integers(2, 16))
+    decimals = rng.choice([2, 3, 5, 6, 0])
+    families = [rng.normal(size=n) for _ in range(int(rng.integers(1, 4)))]
+    vectors = {}
+    for i in range(size):
+        z = families[i % len(families)] + rng.normal(size=n) * rng.choice([0.01, 0.1, 0.3, 1.0])
+        values = 1 / (1 + np.exp(-z * rng.uniform(0.1, 1)))
+        vectors["s%d" % i] = np.round(values, decimals) if decimals else values
+    keys = list(vectors)
+    for i in range(int(rng.integers(0, 3))):
+        source = vectors[keys[int(rng.integers(size))]]
+        kind = rng.integers(3)
+        vectors["c%d" % i] = source.copy() if kind == 0 else rng.permutation(source) if kind == 1 else np.full(n, 0.5)
+    return vectors
+
+
+def random_rules(rng):
+    return Rules(
+        correlation_limit=float(rng.choice([0.95, rng.uniform(0.3, 0.99)])),
+        duplicate_ks=float(rng.choice([0.005, rng.uniform(0, 0.1)])),
+        similar_ks=float(rng.choice([0.03, rng.uniform(0, 0.3)])),
+        max_similar=int(rng.integers(0, 4)),
+    )
+
+
+def test_random_rounds_agree_with_the_plain_rule():
+    rng = np.random.default_rng(8)
+    verdicts, exact = [], 0
+    for _ in range(400):
+        vectors = random_round(rng)
+        rules_variants = (Rules(), random_rules(rng), random_rules(rng))
+        grid_points = int(rng.choice(GRIDS))
+        prepared = build(vectors, grid_points)
+        for key, values in vectors.items():
+            verdicts += agree(prepared, vectors, values, [k for k in vectors if k != key], rules_variants)
+        exact += prepared.stats["ks_exact"] + prepared.stats["correlation_exact"]
+    assert 0.1 < np.mean(verdicts) < 0.9
+    assert exact > 0
+
+
+# -- the container -------------------------------------------------------------
+
+def test_add_replace_remove_and_errors():
+    rng = np.random.default_rng(9)
+    a, b = np.round(rng.random(300), 5), np.round(rng.random(300), 5)
+    prepared = PreparedRound()
+    prepared.add("k", a)
+    held = prepared.nbytes
+    prepared.add("k", a.copy())
+    assert len(prepared) == 1 and prepared.nbytes == held
+    prepared.add("k", b)
+    assert len(prepared) == 1 and "k" in prepared
+    assert prepared.is_original(b, ["k"]) is originality.is_original(b, [b]) is False
+    assert prepared.is_original(a, ["k"]) is originality.is_original(a, [b])
+    with pytest.raises(KeyError):
+        prepared.is_original(a, ["k", "absent"])
+    with pytest.raises(ValueError):
+        prepared.add("short", a[:-1])
+    with pytest.raises(ValueError):
+        prepared.is_original(a[:-1], ["k"])
+    with pytest.raises(ValueError):
+        prepared.add("precise", rng.random(300))  # not recoverable and no fetch_exact
+    prepared.remove("k")
+    assert "k" not in prepared and len(prepared) == 0
+    with pytest.raises(KeyError):
+        prepared.remove("k")
+
+
+def test_fetch_exact_returning_other_values_is_refused():
+    rng = np.random.default_rng(10)
+    values = rng.random(500)
+    prepared = PreparedRound(fetch_exact=lambda key: rng.random(500), grid_points=1)
+    prepared.add("x", values)
+    with pytest.raises(RuntimeError):
+        prepared.is_original(rng.permutation(values), ["x"])  # one grid point: KS needs exact values
+
+
+def test_memory_is_one_float32_copy_plus_sketches():
+    rng = np.random.default_rng(11)
+    n, size = 45000, SEGMENT_ROWS
+    prepared = PreparedRound()
+    base = rng.random(n)
+    for i in range(size):
+        prepared.add(str(i), np.round(base + rng.normal(0, 0.01, n), 5))
+    assert prepared.nbytes <= 1.2 * n * size * 4
+
+
+# -- threads -------------------------------------------------------------------
+
+def test_concurrent_add_replace_remove_and_checks():
+    """A writer adds, re-adds (moving keys to new slots) and churns keys whose
+    values copy the candidates, while a reader checks; a slot reused under
+    a running check would show up as a duplicate the plain rule does not see."""
+    rng = np.random.default_rng(12)
+    n = 800
+    pool = {"p%d" % i: np.round(rng.beta(2, 2, n) + rng.normal(0, 0.001, n), 5) for i in range(120)}
+    pool.update(("f%d" % i, rng.beta(2, 2, n)) for i in range(10))  # full precision: re-adding moves slots
+    candidates = [np.round(rng.beta(3, 2, n), 5) for _ in range(4)]
+    store = dict(pool)
+    prepared = PreparedRound(fetch_exact=store.__getitem__)
+    published = list(pool)[:10] + ["f%d" % i for i in range(10)]
+    for key in published:
+        prepared.add(key, pool[key])
+    to_add = [k for k in pool if k not in published]
+    reader_done = threading.Event()
+    failures, results = [], []
+
+    def writer():
+        try:
+            step = 0
+            while not reader_done.is_set():
+                if to_add:
+                    key = to_add.pop()
+                    prepared.add(key, pool[key])
+                    published.append(key)
+                churn = "churn%d" % (step % 3)
+                prepared.add(churn, candidates[step % len(candidates)])
+                prepared.add("f%d" % (step % 10), pool["f%d" % (step % 10)].copy())
+                if step % 2:
+                    prepared.remove(churn)
+                step += 1
+        except Exception as exc:  # pragma: no cover - reported below
+            failures.append(exc)
+            reader_done.set()
+
+    thread = threading.Thread(target=writer)
+    thread.start()
+    try:
+        for i in range(60):
+            keys = list(published)
+            candidate = candidates[i % len(candidates)]
+            results.append((candidate, keys, prepared.is_original(candidate, keys)))
+    finally:
+        reader_done.set()
+        thread.join()
+    assert not failures
+    for candidate, keys, fast in results:
+        assert fast == originality.is_original(candidate, [pool[k] for k in keys])
+    assert {len(keys) for _, keys, _ in results} != {len(results[0][1])}, "the reader should see the round grow"
+    assert any(fast for _, _, fast in results)
+
+
+def test_slots_freed_during_a_check_are_not_rewritten_under_it():
+    """Deterministic interleaving: the first fetch_exact call, made while a check
+    runs, removes the keys being checked, fills the round with copies of the
+    candidate and adds the keys back. The running check must keep reading the
+    values it started with."""
+    rng = np.random.default_rng(13)
+    n = 1000
+    candidate = distinct_values(rng, n)
+    vectors = {"r%d" % i: moved_copy(rng, candidate, 40) for i in range(5)}
+    vectors["f"] = moved_copy(rng, candidate, 40) + rng.uniform(0, 1e-9, n)  # fetched, not rebuilt
+    keys = ["f"] + ["r%d" % i for i in range(5)]
+    interleaved = []
+
+    def fetch(key):
+        if not interleaved:
+            interleaved.append(key)
+            for other in keys[1:]:
+                prepared.remove(other)
+            for i in range(2 * SEGMENT_ROWS):
+                prepared.add("churn%d" % i, candidate)
+            for other in keys[1:]:
+                prepared.add(other, vectors[other])
+        return vectors[key]
+
+    prepared = PreparedRound(fetch_exact=fetch, grid_points=1)
+    prepared.add("grid", np.full(n, 0.95))  # one grid point above every value: every KS pair is open
+    for key in keys:
+        prepared.add(key, vectors[key])
+    plain = originality.is_original(candidate, [vectors[k] for k in keys])
+    assert plain is True
+    assert prepared.is_original(candidate, keys) is plain
+    assert interleaved == ["f"]
+    assert prepared.is_original(candidate, keys) is plain
+    assert prepared.is_original(candidate, keys + ["churn0"]) is originality.is_original(candidate, [candidate]) is False
