@@ -1,0 +1,301 @@
+"""Rounds: each round loaded once, clusters fitted once and kept on disk, prepared submissions."""
+import collections
+import dataclasses
+import glob
+import io
+import os
+import threading
+import zipfile
+
+import numpy as np
+import pytest
+
+from queues import demo
+from queues.errors import MissingFile
+from queues.rounds import Rounds
+from scoring import concordance
+from scoring.dataset import TOURNAMENT_FILE, TRAINING_FILE, DatasetError
+from scoring.originality import PlainIndex
+from scoring.submission import SubmissionError, parse_submission
+
+ROUND = 41
+
+
+class Counting:
+    """Wraps ``files`` and counts (thread-safely) calls to each method, and the most at once."""
+
+    def __init__(self, inner):
+        self.inner = inner
+        self.calls = collections.Counter()
+        self.running = collections.Counter()
+        self.most_at_once = collections.Counter()
+        self.lock = threading.Lock()
+
+    def __getattr__(self, name):
+        attr = getattr(self.inner, name)
+
+        def call(*args, **kwargs):
+            with self.lock:
+                self.calls[name] += 1
+                self.running[name] += 1
+                self.most_at_once[name] = max(self.most_at_once[name], self.running[name])
+            try:
+                return attr(*args, **kwargs)
+            finally:
+                with self.lock:
+                    self.running[name] -= 1
+        return call
+
+
+@pytest.fixture
+def counting(files):
+    return Counting(files)
+
+
+@pytest.fixture
+def cache(tmp_path):
+    return str(tmp_path / "cache")
+
+
+@pytest.fixture
+def fits(monkeypatch):
+    """Count K-Means fits (still fitting for real)."""
+    calls = []
+    real = concordance.fit_clusters
+
+    def fit(*args, **kwargs):
+        calls.append(1)
+        return real(*args, **kwargs)
+    monkeypatch.setattr(concordance, "fit_clusters", fit)
+    return calls
+
+
+def same_groups(a, b):
+    assert sorted(a) == sorted(b)
+    for cluster in a:
+        assert sorted(a[cluster]) == sorted(b[cluster])
+        for data_type in a[cluster]:
+            np.testing.assert_array_equal(a[cluster][data_type], b[cluster][data_type])
+
+
+# -- loading ---------------------------------------------------------------------------
+def test_get_loads_a_round_once(counting, cache, rules, round_frames):
+    rounds = Rounds(counting, cache, rules, PlainIndex)
+    rnd = rounds.get(ROUND)
+    assert rounds.get(ROUND) is rnd
+    assert rounds.get(str(ROUND)) is rnd
+    assert counting.calls["dataset"] == 1
+    tournament = round_frames[1]
+    assert list(rnd.tournament.ids) == list(tournament["id"])
+    assert list(rnd.tournament.data_types) == list(tournament["data_type"])
+    assert rnd.competition_id == ROUND
+    assert rnd.version == counting.inner.dataset_version(ROUND)
+    assert isinstance(rnd.index, PlainIndex) and len(rnd.index) == 0
+
+
+def test_concurrent_gets_load_once(counting, cache, rules):
+    rounds = Rounds(counting, cache, rules, PlainIndex)
+    threads = 8
+    barrier = threading.Barrier(threads)
+    got = [None] * threads
+
+    def get(i):
+        barrier.wait()
+        got[i] = rounds.get(ROUND)
+
+    workers = [threading.Thread(target=get, args=(i,)) for i in range(threads)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join(30)
+    assert all(rnd is got[0] for rnd in got) and got[0] is not None
+    assert counting.calls["dataset"] == 1
+    assert counting.most_at_once["dataset"] == 1
+
+
+def test_different_rounds_are_loaded_separately(files, counting, cache, rules, round_zip):
+    files.put_dataset(42, str(round_zip))
+    rounds = Rounds(counting, cache, rules, PlainIndex)
+    assert rounds.get(41) is not rounds.get(42)
+    assert rounds.get(42).competition_id == 42
+    assert counting.calls["dataset"] == 2
+
+
+def test_a_failed_load_is_not_cached(files, counting, cache, rules, round_zip):
+    rounds = Rounds(counting, cache, rules, PlainIndex)
+    with pytest.raises(MissingFile, match="no dataset"):
+        rounds.get(42)
+    with pytest.raises(MissingFile):
+        rounds.get(42)
+    assert counting.calls["dataset"] == 2  # tried again, not remembered as failed
+    files.put_dataset(42, str(round_zip))
+    assert rounds.get(42).competition_id == 42
+
+
+def write_zip(path, members):
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as archive:
+        for name, text in members.items():
+            archive.writestr(name, text)
+    path.write_bytes(buffer.getvalue())
+    return str(path)
+
+
+def test_a_zip_without_the_tournament_file(files, rounds, tmp_path, round_frames):
+    training = round_frames[0].to_csv(index=False)
+    files.put_dataset(43, write_zip(tmp_path / "partial.zip", {TRAINING_FILE: training}))
+    with pytest.raises(DatasetError, match=TOURNAMENT_FILE):
+        rounds.get(43)
+    # fixed by uploading the complete dataset
+    files.put_dataset(43, write_zip(tmp_path / "full.zip", {TRAINING_FILE: training,
+                                                             TOURNAMENT_FILE: round_frames[1].to_csv(index=False)}))
+    assert len(rounds.get(43).tournament.ids) == len(round_frames[1])
+
+
+def test_a_dataset_that_is_not_a_zip(files, rounds, tmp_path):
+    path = tmp_path / "junk.zip"
+    path.write_bytes(b"<html>Access denied</html>")
+    files.put_dataset(44, str(path))
+    with pytest.raises(DatasetError, match="not a valid zip"):
+        rounds.get(44)
+
+
+# -- clusters ----------------------------------------------------------------------------
+def test_groups_fit_once_and_are_saved(rounds, cache, fits, round_frames):
+    rnd = rounds.get(ROUND)
+    groups = rounds.groups(rnd)
+    assert rounds.groups(rnd) is groups
+    assert len(fits) == 1
+    saved = glob.glob(os.path.join(cache, "clusters", "*.npy"))
+    assert len(saved) == 1
+    labels = np.load(saved[0])
+    assert len(labels) == len(round_frames[1])
+    # the groups are the labels split by data type
+    same_groups(groups, concordance.cluster_groups(labels, rnd.tournament.data_types))
+    covered = np.sort(np.concatenate([idx for by_type in groups.values() for idx in by_type.values()]))
+    np.testing.assert_array_equal(covered, np.arange(len(round_frames[1])))
+
+
+def test_a_restart_reads_the_labels_back_without_fitting(files, cache, rules, rounds, monkeypatch):
+    first = rounds.groups(rounds.get(ROUND))
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("fitted again instead of reading the saved labels")
+    monkeypatch.setattr(concordance, "fit_clusters", refuse)
+    restarted = Rounds(files, cache, rules, PlainIndex)
+    same_groups(restarted.groups(restarted.get(ROUND)), first)
+
+
+def test_a_new_dataset_version_is_clustered_again(files, cache, rules, rounds, fits, tmp_path):
+    rounds.groups(rounds.get(ROUND))
+    assert len(fits) == 1
+    training, tournament = demo.make_round(seed=8, features=6, train_rows=800, validation_eras=4,
+                                           validation_rows=800, test_rows=800, live_rows=400)
+    replacement = tmp_path / "replacement.zip"
+    replacement.write_bytes(demo.dataset_zip(training, tournament))
+    old_version = files.dataset_version(ROUND)
+    files.put_dataset(ROUND, str(replacement))
+    stat = os.stat(files.dataset_path(ROUND))
+    os.utime(files.dataset_path(ROUND), ns=(stat.st_atime_ns, stat.st_mtime_ns + 10 ** 9))
+    assert files.dataset_version(ROUND) != old_version
+
+    restarted = Rounds(files, cache, rules, PlainIndex)
+    restarted.groups(restarted.get(ROUND))
+    assert len(fits) == 2
+    assert len(glob.glob(os.path.join(cache, "clusters", "*.npy"))) == 2
+
+
+@pytest.mark.parametrize("change", [{"concordance_seed": 7}, {"concordance_clusters": 3}])
+def test_changed_clustering_rules_do_not_reuse_labels(files, cache, rules, rounds, fits, change):
+    rounds.groups(rounds.get(ROUND))
+    other = Rounds(files, cache, dataclasses.replace(rules, **change), PlainIndex)
+    groups = other.groups(other.get(ROUND))
+    assert len(fits) == 2
+    if "concordance_clusters" in change:
+        assert len(groups) <= change["concordance_clusters"]
+    # the original settings still find their own labels
+    again = Rounds(files, cache, rules, PlainIndex)
+    again.groups(again.get(ROUND))
+    assert len(fits) == 2
+
+
+def npy(array):
+    buffer = io.BytesIO()
+    np.save(buffer, array)
+    return buffer.getvalue()
+
+
+@pytest.mark.parametrize("damage", [
+    lambda raw: raw[: len(raw) // 2],
+    lambda raw: b"not a numpy file at all",
+    lambda raw: npy(np.zeros(10, dtype=np.int8)),  # a valid array of the wrong length
+], ids=["cut-short", "garbage", "wrong-length"])
+def test_damaged_saved_labels_are_recomputed(files, cache, rules, rounds, fits, damage):
+    first = rounds.groups(rounds.get(ROUND))
+    (saved,) = glob.glob(os.path.join(cache, "clusters", "*.npy"))
+    with open(saved, "rb") as handle:
+        raw = handle.read()
+    with open(saved, "wb") as handle:
+        handle.write(damage(raw))
+    restarted = Rounds(files, cache, rules, PlainIndex)
+    same_groups(restarted.groups(restarted.get(ROUND)), first)
+    assert len(fits) == 2
+
+
+@pytest.mark.xfail(strict=True, raises=EOFError, reason=(
+    "queues/rounds.py Rounds._labels catches (OSError, ValueError) around np.load, but an empty labels file "
+    "(e.g. left by a power loss after os.replace without fsync) makes np.load raise EOFError, so groups() fails "
+    "and every concordance check of the round fails as an internal error until the file is deleted by hand"))
+def test_an_empty_saved_labels_file_is_recomputed(files, cache, rules, rounds, fits):
+    first = rounds.groups(rounds.get(ROUND))
+    (saved,) = glob.glob(os.path.join(cache, "clusters", "*.npy"))
+    open(saved, "wb").close()
+    restarted = Rounds(files, cache, rules, PlainIndex)
+    same_groups(restarted.groups(restarted.get(ROUND)), first)
+
+
+# -- predictions and the originality index -----------------------------------------------------
+@pytest.fixture
+def uploaded(files, round_frames, model):
+    values = model(3)
+    raw = demo.submission_csv(round_frames[1]["id"], values, seed=5)
+    files.put_submission("alice", "p.csv", raw)
+    return values, raw
+
+
+def test_predictions_are_the_parsed_file_in_round_order(rounds, uploaded):
+    values, raw = uploaded
+    rnd = rounds.get(ROUND)
+    predictions = rounds.predictions(rnd, "alice", "p.csv")
+    np.testing.assert_array_equal(predictions, parse_submission(raw, rnd.tournament.ids))
+    np.testing.assert_allclose(predictions, values)
+
+
+def test_predictions_of_a_bad_or_missing_file(files, rounds, round_frames):
+    rnd = rounds.get(ROUND)
+    files.put_submission("bob", "short.csv", demo.submission_csv(round_frames[1]["id"][:10], np.full(10, 0.5)))
+    with pytest.raises(SubmissionError):
+        rounds.predictions(rnd, "bob", "short.csv")
+    with pytest.raises(MissingFile):
+        rounds.predictions(rnd, "bob", "gone.csv")
+
+
+def test_prepare_adds_to_the_index_once(counting, cache, rules, uploaded):
+    values, raw = uploaded
+    rounds = Rounds(counting, cache, rules, PlainIndex)
+    rnd = rounds.get(ROUND)
+    rounds.prepare(rnd, "s1", "alice", "p.csv")
+    rounds.prepare(rnd, "s1", "alice", "p.csv")
+    assert counting.calls["submission"] == 1
+    assert "s1" in rnd.index and len(rnd.index) == 1
+    assert rnd.sources["s1"] == ("alice", "p.csv")
+    # the index holds exactly the parsed predictions: an identical copy is not original
+    assert rnd.index.is_original(parse_submission(raw, rnd.tournament.ids), ["s1"], rules) is False
+
+
+def test_prepare_with_values_does_not_read_the_file(counting, cache, rules, model):
+    rounds = Rounds(counting, cache, rules, PlainIndex)
+    rnd = rounds.get(ROUND)
+    rounds.prepare(rnd, "s2", "carol", "never-uploaded.csv", values=model(4))
+    assert counting.calls["submission"] == 0
+    assert "s2" in rnd.index
