@@ -1,0 +1,124 @@
+"""Metrics: what an operator's scrape shows, parsed as Prometheus would."""
+import time
+
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from queues.metrics import Metrics
+from queues.pipeline import CONCORDANCE, LEADERBOARD, ORIGINALITY, STAGES, Job
+from queues.supervisor import Supervisor
+
+
+def scrape(metrics):
+    """``{(sample name, frozenset(labels)): value}`` from the rendered text."""
+    text, content_type = metrics.render()
+    assert content_type.startswith("text/plain")
+    samples = {}
+    for family in text_string_to_metric_families(text.decode()):
+        for sample in family.samples:
+            samples[(sample.name, frozenset(sample.labels.items()))] = sample.value
+    return samples
+
+
+def value(samples, name, **labels):
+    return samples[(name, frozenset(labels.items()))]
+
+
+@pytest.fixture
+def watched(metrics, pipeline, supervisor):
+    metrics.watch(pipeline, supervisor)
+    return metrics
+
+
+def test_queue_depth_and_age_per_queue(watched, pipeline):
+    samples = scrape(watched)
+    for stage in STAGES:
+        assert value(samples, "criteria_queue_depth", queue=stage) == 0
+        assert value(samples, "criteria_queue_oldest_age_seconds", queue=stage) == 0
+
+    pipeline.put(LEADERBOARD, Job("a"))
+    pipeline.put(ORIGINALITY, Job("b", enqueued=time.monotonic() - 42))
+    pipeline.put(ORIGINALITY, Job("c"))
+    samples = scrape(watched)
+    assert value(samples, "criteria_queue_depth", queue=LEADERBOARD) == 1
+    assert value(samples, "criteria_queue_depth", queue=ORIGINALITY) == 2
+    assert value(samples, "criteria_queue_depth", queue=CONCORDANCE) == 0
+    assert value(samples, "criteria_queue_oldest_age_seconds", queue=LEADERBOARD) >= 0
+    assert 42 <= value(samples, "criteria_queue_oldest_age_seconds", queue=ORIGINALITY) < 100
+    assert value(samples, "criteria_queue_oldest_age_seconds", queue=CONCORDANCE) == 0
+
+    pipeline.done(LEADERBOARD, Job("a"))
+    assert value(scrape(watched), "criteria_queue_depth", queue=LEADERBOARD) == 0
+
+
+def test_stage_duration_histogram(metrics):
+    metrics.stage_finished(CONCORDANCE, 0.003)
+    metrics.stage_finished(CONCORDANCE, 0.2)
+    metrics.stage_finished(LEADERBOARD, 45)
+    samples = scrape(metrics)
+    name = "criteria_stage_duration_seconds"
+    assert value(samples, name + "_count", stage=CONCORDANCE) == 2
+    assert value(samples, name + "_sum", stage=CONCORDANCE) == pytest.approx(0.203)
+    assert value(samples, name + "_bucket", stage=CONCORDANCE, le="0.0025") == 0
+    assert value(samples, name + "_bucket", stage=CONCORDANCE, le="0.005") == 1
+    assert value(samples, name + "_bucket", stage=CONCORDANCE, le="0.25") == 2
+    assert value(samples, name + "_count", stage=LEADERBOARD) == 1
+    assert value(samples, name + "_bucket", stage=LEADERBOARD, le="30.0") == 0
+    assert value(samples, name + "_bucket", stage=LEADERBOARD, le="60.0") == 1
+    # every stage is reported from the start, at zero
+    assert value(samples, name + "_count", stage=ORIGINALITY) == 0
+
+
+def test_outcome_counters(metrics):
+    samples = scrape(metrics)
+    for outcome in ("done", "failed", "retried"):
+        assert value(samples, "criteria_submissions_total", outcome=outcome) == 0
+    metrics.outcome("done")
+    metrics.outcome("done")
+    metrics.outcome("failed")
+    samples = scrape(metrics)
+    assert value(samples, "criteria_submissions_total", outcome="done") == 2
+    assert value(samples, "criteria_submissions_total", outcome="failed") == 1
+    assert value(samples, "criteria_submissions_total", outcome="retried") == 0
+
+
+def test_request_and_restart_counters(metrics):
+    metrics.request("/", 200)
+    metrics.request("/", 200)
+    metrics.request("/", 401)
+    metrics.thread_restarted("originality-1")
+    samples = scrape(metrics)
+    assert value(samples, "criteria_http_requests_total", endpoint="/", status="200") == 2
+    assert value(samples, "criteria_http_requests_total", endpoint="/", status="401") == 1
+    assert value(samples, "criteria_thread_restarts_total", thread="originality-1") == 1
+
+
+def test_thread_alive_gauges_follow_the_supervisor(metrics, pipeline):
+    supervisor = Supervisor(pipeline.stop, metrics, check_interval=3600)
+    supervisor.add("dispatcher", pipeline.stop.wait)
+    metrics.watch(pipeline, supervisor)
+    assert value(scrape(metrics), "criteria_thread_alive", thread="supervisor") == 0
+
+    supervisor.start()
+    try:
+        samples = scrape(metrics)
+        assert value(samples, "criteria_thread_alive", thread="dispatcher") == 1
+        assert value(samples, "criteria_thread_alive", thread="supervisor") == 1
+    finally:
+        assert supervisor.stop(5) == []
+    samples = scrape(metrics)
+    assert value(samples, "criteria_thread_alive", thread="dispatcher") == 0
+    assert value(samples, "criteria_thread_alive", thread="supervisor") == 0
+
+
+def test_instances_do_not_share_a_registry(pipeline, supervisor):
+    first, second = Metrics(), Metrics()  # a shared default registry would refuse the second
+    first.outcome("done")
+    first.stage_finished(LEADERBOARD, 1.0)
+    first.watch(pipeline, supervisor)
+    pipeline.put(LEADERBOARD, Job("a"))
+    assert value(scrape(first), "criteria_submissions_total", outcome="done") == 1
+    samples = scrape(second)
+    assert value(samples, "criteria_submissions_total", outcome="done") == 0
+    assert value(samples, "criteria_stage_duration_seconds_count", stage=LEADERBOARD) == 0
+    assert not any(name == "criteria_queue_depth" for name, _ in samples)
