@@ -57,15 +57,21 @@ def cache(tmp_path):
     return str(tmp_path / "cache")
 
 
+def quick_fit(training_features, tournament_features, rules):
+    """Stands in for K-Means where only *whether* it runs matters: labels that depend on the settings."""
+    rows = np.arange(len(tournament_features))
+    return ((rows * rules.concordance_seed) % rules.concordance_clusters).astype(np.int8)
+
+
 @pytest.fixture
 def fits(monkeypatch):
-    """Count K-Means fits (still fitting for real)."""
+    """Count clustering fits (a quick stand-in; test_groups_fit_once_and_are_saved runs the real K-Means)."""
     calls = []
-    real = concordance.fit_clusters
 
-    def fit(*args, **kwargs):
-        calls.append(1)
-        return real(*args, **kwargs)
+    def fit(training_features, tournament_features, rules):
+        calls.append(rules)
+        assert training_features.shape[1] == tournament_features.shape[1]
+        return quick_fit(training_features, tournament_features, rules)
     monkeypatch.setattr(concordance, "fit_clusters", fit)
     return calls
 
@@ -161,7 +167,21 @@ def test_a_dataset_that_is_not_a_zip(files, rounds, tmp_path):
 
 
 # -- clusters ----------------------------------------------------------------------------
-def test_groups_fit_once_and_are_saved(rounds, cache, fits, round_frames):
+@pytest.fixture
+def real_fits(monkeypatch):
+    """Count K-Means fits, fitting for real."""
+    calls = []
+    real = concordance.fit_clusters
+
+    def fit(*args, **kwargs):
+        calls.append(1)
+        return real(*args, **kwargs)
+    monkeypatch.setattr(concordance, "fit_clusters", fit)
+    return calls
+
+
+def test_groups_fit_once_and_are_saved(rounds, cache, real_fits, round_frames):
+    fits = real_fits
     rnd = rounds.get(ROUND)
     groups = rounds.groups(rnd)
     assert rounds.groups(rnd) is groups
@@ -176,8 +196,9 @@ def test_groups_fit_once_and_are_saved(rounds, cache, fits, round_frames):
     np.testing.assert_array_equal(covered, np.arange(len(round_frames[1])))
 
 
-def test_a_restart_reads_the_labels_back_without_fitting(files, cache, rules, rounds, monkeypatch):
+def test_a_restart_reads_the_labels_back_without_fitting(files, cache, rules, rounds, fits, monkeypatch):
     first = rounds.groups(rounds.get(ROUND))
+    assert len(fits) == 1
 
     def refuse(*args, **kwargs):
         raise AssertionError("fitted again instead of reading the saved labels")
@@ -211,6 +232,7 @@ def test_changed_clustering_rules_do_not_reuse_labels(files, cache, rules, round
     other = Rounds(files, cache, dataclasses.replace(rules, **change), PlainIndex)
     groups = other.groups(other.get(ROUND))
     assert len(fits) == 2
+    assert fits[-1] == dataclasses.replace(rules, **change)  # fitted with the new settings
     if "concordance_clusters" in change:
         assert len(groups) <= change["concordance_clusters"]
     # the original settings still find their own labels
