@@ -391,9 +391,9 @@ def real_mongo_url(tmp_path_factory):
 
 
 @pytest.fixture
-def real_db(real_mongo_url, request):
+def real_db(real_mongo_url):
     client = pymongo.MongoClient(real_mongo_url, serverSelectionTimeoutMS=5000)
-    name = "t_" + request.node.name.replace("[", "_").replace("]", "").replace("-", "_")[:40]
+    name = "t_%s" % ObjectId()  # a fresh database per test
     client.drop_database(name)
     yield client[name]
     client.drop_database(name)
