@@ -1,4 +1,5 @@
 """scoring.concordance against a direct MiniBatchKMeans fit and scipy's ks_2samp per cluster."""
+import functools
 import os
 import warnings
 
@@ -52,27 +53,45 @@ def reference_concordance(labels, data_types, predictions):
 
 # ---------------------------------------------------------------- data
 
+def _frozen(*arrays):
+    for a in arrays:
+        a.flags.writeable = False  # shared between tests: none may change them
+    return arrays
+
+
 def generated_round(seed=5):
     demo = pytest.importorskip("queues.demo")
+    return _generated_round(seed)
+
+
+@functools.lru_cache(maxsize=None)
+def _generated_round(seed):
+    from queues import demo
     training, tournament = demo.make_round(seed=seed, train_rows=3000, validation_eras=6, validation_rows=1500,
                                            test_rows=1500, live_rows=750)
     columns = [c for c in tournament.columns if "feature" in c]
     predictions = demo.demo_predictions(training, tournament, seed=seed)
-    return (training[columns].to_numpy(dtype=np.float64), tournament[columns].to_numpy(dtype=np.float64),
-            tournament["data_type"].to_numpy(), predictions)
+    _frozen(*predictions.values())
+    return _frozen(training[columns].to_numpy(dtype=np.float64), tournament[columns].to_numpy(dtype=np.float64),
+                   tournament["data_type"].to_numpy()) + (predictions,)
 
 
 def real_round():
-    paths = [os.path.join(DATA, "sample_%s.csv.bz2" % name) for name in ("training", "tournament", "result")]
+    paths = tuple(os.path.join(DATA, "sample_%s.csv.bz2" % name) for name in ("training", "tournament", "result"))
     if not all(os.path.exists(p) for p in paths):
         pytest.skip("real 2017 samples not available in %s" % DATA)
+    return _real_round(paths)
+
+
+@functools.lru_cache(maxsize=None)
+def _real_round(paths):
     training = pd.read_csv(paths[0], dtype={"id": str})
     tournament = pd.read_csv(paths[1], dtype={"id": str})
     result = pd.read_csv(paths[2], dtype={"id": str}).set_index("id")
     columns = [c for c in tournament.columns if "feature" in c]
     predictions = result.loc[tournament["id"], "probability"].to_numpy(dtype=np.float64)
-    return (training[columns].to_numpy(dtype=np.float64), tournament[columns].to_numpy(dtype=np.float64),
-            tournament["data_type"].to_numpy(), predictions)
+    return _frozen(training[columns].to_numpy(dtype=np.float64), tournament[columns].to_numpy(dtype=np.float64),
+                   tournament["data_type"].to_numpy(), predictions)
 
 
 def prediction_variants(data_types, base, seed=0):
