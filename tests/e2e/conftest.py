@@ -176,7 +176,7 @@ def mongo(database):
 
 
 @pytest.fixture
-def db(mongo, request):
+def e2e_db(mongo, request):
     """A fresh database (by name) for one test; dropped afterwards."""
     name = "e2e_%s_%s" % (request.node.name[:30].replace("[", "_").replace("]", "_"), uuid.uuid4().hex[:8])
     try:
@@ -229,12 +229,12 @@ class Storage:
 
 
 @pytest.fixture
-def storage(db, s3, s3_endpoint):
+def storage(e2e_db, s3, s3_endpoint):
     tag = uuid.uuid4().hex[:12]
     upload, datasets = "e2e-uploads-" + tag, "e2e-datasets-" + tag
     s3.create_bucket(Bucket=upload)
     s3.create_bucket(Bucket=datasets)
-    return Storage(db, s3, s3_endpoint, upload, datasets)
+    return Storage(e2e_db, s3, s3_endpoint, upload, datasets)
 
 
 # -- rounds -------------------------------------------------------------------------
