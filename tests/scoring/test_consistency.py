@@ -137,12 +137,9 @@ def test_consistency_is_a_percentage_of_eras_not_rows():
 
 @pytest.mark.parametrize("rows", [
     2, 10, 50, 100, 499, 1000,
-    # Sizes where the float mean of n copies of -ln(0.5) rounds below ln 2.
-    pytest.param(25, marks=pytest.mark.xfail(strict=True, reason=(
-        "BUG scoring/consistency.py:15: np.mean of 25 equal terms ln 2 rounds to ln2 - 1.1e-16, so an era "
-        "predicted all 0.5 counts as beating the benchmark (strict <) at some era sizes"), raises=AssertionError)),
-    pytest.param(29, marks=pytest.mark.xfail(strict=True, reason=(
-        "BUG scoring/consistency.py:15: the all-0.5 era loss rounds below ln 2 at 29 rows"), raises=AssertionError)),
+    # Sizes where the float mean of n copies of -ln(0.5) rounds below ln 2 (decided exactly now).
+    25,
+    29,
 ])
 def test_era_exactly_at_benchmark_does_not_count(rows):
     """Predicting 0.5 everywhere is the benchmark itself (loss ln 2): not better than random."""
