@@ -43,9 +43,29 @@ def feature_columns(frame):
     return columns
 
 
+def read_csv(fileobj, name, **options):
+    """``pandas.read_csv`` whose failures become a DatasetError naming the file."""
+    try:
+        return pd.read_csv(fileobj, **options)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError, ValueError) as exc:
+        first_line = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise DatasetError("%s cannot be read: %s" % (name, first_line)) from exc
+
+
+def numeric(frame, columns, name):
+    """The feature columns as float32, naming the first column that holds text."""
+    try:
+        return frame[columns].to_numpy(dtype=np.float32)
+    except ValueError:
+        for column in columns:
+            if pd.to_numeric(frame[column], errors="coerce").isna().sum() > frame[column].isna().sum():
+                raise DatasetError("%s: column %s holds values that are not numbers" % (name, column)) from None
+        raise
+
+
 def read_tournament(fileobj):
     """Parse the tournament CSV into a :class:`Tournament`."""
-    frame = pd.read_csv(fileobj, dtype={"id": str, "era": str, "data_type": str})
+    frame = read_csv(fileobj, TOURNAMENT_FILE, dtype={"id": str, "era": str, "data_type": str})
     for column in ("id", "era", "data_type", "target"):
         if column not in frame.columns:
             raise DatasetError("%s lacks the column %r" % (TOURNAMENT_FILE, column))
@@ -64,13 +84,13 @@ def read_tournament(fileobj):
         data_types=data_types,
         eras=frame["era"].astype(str).to_numpy(),
         targets=targets,
-        features=frame[columns].to_numpy(dtype=np.float32),
+        features=numeric(frame, columns, TOURNAMENT_FILE),
     )
 
 
 def read_training_features(fileobj):
     """Feature matrix (float32) of the training CSV."""
-    header = pd.read_csv(fileobj, nrows=0)
+    header = read_csv(fileobj, TRAINING_FILE, nrows=0)
     columns = feature_columns(header)
     fileobj.seek(0)
-    return pd.read_csv(fileobj, usecols=columns, dtype=np.float32)[columns].to_numpy()
+    return numeric(read_csv(fileobj, TRAINING_FILE, usecols=columns), columns, TRAINING_FILE)

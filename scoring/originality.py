@@ -71,7 +71,7 @@ class PlainIndex:
         return len(self._values)
 
     def add(self, key, values):
-        self._values[key] = np.asarray(values, dtype=np.float64)
+        self._values[key] = np.array(values, dtype=np.float64)  # a copy: callers may reuse theirs
 
     def is_original(self, candidate, keys, rules=Rules()):
         return is_original(candidate, [self._values[key] for key in keys], rules)

@@ -55,8 +55,12 @@ class Rules:
         for field in dataclasses.fields(cls):
             name = "RULE_" + field.name.upper()
             if name in environ:
+                kind = type(field.default)
                 try:
-                    overrides[field.name] = type(field.default)(environ[name])
-                except ValueError as exc:
-                    raise ValueError("%s=%r is not a valid %s" % (name, environ[name], type(field.default).__name__)) from exc
+                    value = kind(environ[name])
+                except ValueError:
+                    value = None
+                if value is None or not math.isfinite(value) or value < 0:
+                    raise ValueError("%s=%r is not a valid non-negative %s" % (name, environ[name], kind.__name__))
+                overrides[field.name] = value
         return cls(**overrides)

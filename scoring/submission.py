@@ -28,9 +28,12 @@ def read_table(raw):
     if not raw or not raw.strip():
         raise SubmissionError("the submission file is empty")
     try:
-        frame = pd.read_csv(io.BytesIO(raw), dtype={"id": str}, skipinitialspace=True)
+        header = pd.read_csv(io.BytesIO(raw), nrows=0, skipinitialspace=True).columns
+        text_columns = {name: str for name in header if str(name).strip().lower() == "id"}
+        frame = pd.read_csv(io.BytesIO(raw), dtype=text_columns, skipinitialspace=True, index_col=False)
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError, ValueError) as exc:
-        raise SubmissionError("the submission file is not a readable CSV file (%s)" % str(exc).strip().splitlines()[0]) from exc
+        first_line = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise SubmissionError("the submission file is not a readable CSV file (%s)" % first_line) from exc
     frame.columns = [str(c).strip().lower() for c in frame.columns]
     missing = [c for c in ("id", "probability") if c not in frame.columns]
     if missing:
@@ -55,8 +58,8 @@ def probabilities(frame):
                               % (what, bad[0] + 1, frame["id"].iloc[bad[0]], bad.size))
     outside = np.flatnonzero((values < 0) | (values > 1))
     if outside.size:
-        raise SubmissionError("probability %r on data row %d (id %r) is outside [0, 1]; %d rows are"
-                              % (values[outside[0]], outside[0] + 1, frame["id"].iloc[outside[0]], outside.size))
+        raise SubmissionError("probability %s on data row %d (id %r) is outside [0, 1]; %d rows are"
+                              % (float(values[outside[0]]), outside[0] + 1, frame["id"].iloc[outside[0]], outside.size))
     return values
 
 

@@ -192,17 +192,11 @@ def test_dataset_error_is_a_value_error():
     assert issubclass(DatasetError, ValueError)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG scoring/dataset.py:48: an empty tournament CSV raises pandas' EmptyDataError, not DatasetError, "
-    "so queues.errors.PERMANENT does not recognise it and the worker records a generic internal error"), raises=ValueError)
 def test_empty_tournament_file_is_a_dataset_error():
     with pytest.raises(DatasetError):
         read_tournament(io.BytesIO(b""))
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG scoring/dataset.py:67: a non-numeric feature value raises a bare ValueError "
-    "('could not convert string to float') naming neither file nor column, not DatasetError"), raises=ValueError)
 def test_text_in_a_tournament_feature_is_a_dataset_error():
     frame = small_frame().astype({"feature2": object})
     frame.loc[4, "feature2"] = "abc"
@@ -210,8 +204,6 @@ def test_text_in_a_tournament_feature_is_a_dataset_error():
         read_tournament(as_file(frame))
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG scoring/dataset.py:76: a non-numeric training feature raises a bare ValueError, not DatasetError"), raises=ValueError)
 def test_text_in_a_training_feature_is_a_dataset_error():
     frame = small_frame().astype({"feature2": object})
     frame.loc[4, "feature2"] = "abc"

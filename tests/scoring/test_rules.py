@@ -34,7 +34,7 @@ def test_empty_environment_gives_defaults():
     ("max_similar", "2", 2),
     ("max_similar", " 3 ", 3),
     ("concordance_clusters", "7", 7),
-    ("concordance_seed", "-1", -1),
+    ("concordance_seed", "42", 42),
     ("concordance_threshold", "0.2", 0.2),
     ("correlation_limit", "1", 1.0),
     ("similar_ks", "3e-2", 0.03),
@@ -108,3 +108,9 @@ def test_os_environ_error_names_the_variable(monkeypatch):
     monkeypatch.setenv("RULE_CONCORDANCE_SEED", "x")
     with pytest.raises(ValueError, match="RULE_CONCORDANCE_SEED"):
         Rules.from_env()
+
+
+@pytest.mark.parametrize("value", ["nan", "inf", "-0.1"])
+def test_non_finite_or_negative_thresholds_are_refused(value):
+    with pytest.raises(ValueError, match="RULE_SIMILAR_KS"):
+        Rules.from_env({"RULE_SIMILAR_KS": value})
