@@ -1,5 +1,6 @@
 """Configuration from the environment, checked before anything starts."""
 import dataclasses
+import math
 import os
 
 from scoring.rules import Rules
@@ -20,7 +21,7 @@ class Config:
     """Everything the server needs to know, from one place."""
 
     api_key: str = dataclasses.field(repr=False)
-    mongo_url: str = ""
+    mongo_url: str = dataclasses.field(default="", repr=False)  # may hold a password
     mongo_db_name: str = "numerai"
     upload_bucket: str = ""
     dataset_bucket: str = ""
@@ -40,8 +41,8 @@ class Config:
     rules: Rules = Rules()
 
 
-def _number(environ, name, default, kind=int):
-    """An optional numeric variable; ConfigError naming it when it does not parse."""
+def _number(environ, name, default, kind=int, most=math.inf):
+    """An optional positive, finite number; ConfigError naming it when it is not one."""
     value = environ.get(name, "")
     if not value:
         return default
@@ -49,8 +50,9 @@ def _number(environ, name, default, kind=int):
         parsed = kind(value)
     except ValueError:
         parsed = -1
-    if parsed <= 0:
-        raise ConfigError("%s=%r must be a positive %s" % (name, value, "whole number" if kind is int else "number"))
+    if not (0 < parsed <= most and math.isfinite(parsed)):
+        limit = "" if most == math.inf else " up to %s" % most
+        raise ConfigError("%s=%r must be a positive %s%s" % (name, value, "whole number" if kind is int else "number", limit))
     return parsed
 
 
@@ -95,7 +97,7 @@ def from_env(environ=None, use_local=False, local_dir="local"):
         raise ConfigError(str(exc)) from None
     return Config(
         local=use_local,
-        port=_number(environ, "PORT", DEFAULT_PORT),
+        port=_number(environ, "PORT", DEFAULT_PORT, most=65535),
         host=environ.get("HOST", "127.0.0.1" if use_local else "0.0.0.0"),
         originality_threads=_number(environ, "ORIGINALITY_THREADS", 2),
         http_threads=_number(environ, "HTTP_THREADS", 16),

@@ -23,15 +23,15 @@ class MissingSubmission(PermanentError):
     """The submission document is gone."""
 
 
+class DatasetChanged(ConnectionError):
+    """The round's dataset was replaced while being read: try again (transient)."""
+
+
 #: Failures of the inputs themselves: retrying cannot help.
 PERMANENT = (PermanentError, SubmissionError, DatasetError)
 
-_TRANSIENT_AWS = (
-    botocore.exceptions.EndpointConnectionError,
-    botocore.exceptions.ConnectionClosedError,
-    botocore.exceptions.ReadTimeoutError,
-    botocore.exceptions.ConnectTimeoutError,
-)
+#: botocore's connection-level failures: endpoint, proxy, TLS, closed, timeouts.
+_TRANSIENT_AWS = (botocore.exceptions.ConnectionError, botocore.exceptions.HTTPClientError)
 
 
 def is_transient(exc):

@@ -11,7 +11,7 @@ import shutil
 
 import botocore.exceptions
 
-from queues.errors import MissingFile
+from queues.errors import DatasetChanged, MissingFile
 
 log = logging.getLogger(__name__)
 
@@ -66,7 +66,12 @@ class S3Files:
         return head["ETag"].strip('"')
 
     def dataset(self, competition_id):
-        """Local path of the round's dataset zip, downloading it when new."""
+        """``(local path, version)`` of the round's dataset zip, downloading it when new.
+
+        The copy is kept only if the object's ETag is the same after the
+        download as before it, so a dataset replaced meanwhile is never
+        cached under the other version's name.
+        """
         version = self.dataset_version(competition_id)
         folder = os.path.join(self.cache_dir, "datasets", str(int(competition_id)))
         path = os.path.join(folder, "%s-%s" % (version, DATASET_NAME))
@@ -74,8 +79,11 @@ class S3Files:
             os.makedirs(folder, exist_ok=True)
             partial = path + ".part"
             self.client.download_file(self.dataset_bucket, dataset_key(competition_id), partial)
+            if self.dataset_version(competition_id) != version:
+                os.remove(partial)
+                raise DatasetChanged("round %s's dataset was replaced during the download" % competition_id)
             os.replace(partial, path)
-        return path
+        return path, version
 
 
 class LocalFiles:
@@ -107,8 +115,7 @@ class LocalFiles:
         return "%d-%d" % (stat.st_size, stat.st_mtime_ns)
 
     def dataset(self, competition_id):
-        self.dataset_version(competition_id)
-        return self.dataset_path(competition_id)
+        return self.dataset_path(competition_id), self.dataset_version(competition_id)
 
     def put_submission(self, username, filename, raw):
         """Write a submission file (used to seed the demo round)."""

@@ -15,6 +15,7 @@ import zipfile
 
 import numpy as np
 
+from queues.errors import DatasetChanged
 from scoring import concordance, dataset
 from scoring.dataset import DatasetError
 from scoring.submission import parse_submission
@@ -75,8 +76,7 @@ class Rounds:
 
     def _load(self, competition_id):
         started = time.monotonic()
-        path = self.files.dataset(competition_id)
-        version = self.files.dataset_version(competition_id)
+        path, version = self.files.dataset(competition_id)
         tournament = read_zip_member(path, dataset.TOURNAMENT_FILE, dataset.read_tournament)
         rnd = Round(competition_id, version, tournament, None)
         rnd.index = self.index_factory(fetch_exact=lambda key: self._exact(rnd, key))
@@ -106,10 +106,14 @@ class Rounds:
             if len(labels) == len(rnd.tournament.ids):
                 log.info("round %s: cluster labels read from %s", rnd.competition_id, path)
                 return labels
-        except (OSError, ValueError):
+        except (OSError, ValueError, EOFError):  # missing, truncated or foreign: recompute
             pass
         started = time.monotonic()
-        training = read_zip_member(self.files.dataset(rnd.competition_id), dataset.TRAINING_FILE, dataset.read_training_features)
+        zip_path, version = self.files.dataset(rnd.competition_id)
+        if version != rnd.version:
+            self._rounds.pop(rnd.competition_id, None)  # the retry loads the new data
+            raise DatasetChanged("round %s's dataset changed while it was being judged" % rnd.competition_id)
+        training = read_zip_member(zip_path, dataset.TRAINING_FILE, dataset.read_training_features)
         if training.shape[1] != rnd.tournament.features.shape[1]:
             raise DatasetError("training and tournament data have different feature columns")
         labels = concordance.fit_clusters(training, rnd.tournament.features, self.rules)

@@ -147,11 +147,26 @@ class Store:
         return self.finish_if_complete(doc["_id"])
 
     def finish_if_complete(self, oid):
-        """SCORING becomes DONE once neither check is pending (atomic, idempotent)."""
-        return bool(self.submissions.update_one(
-            {"_id": oid, "processing.state": SCORING, "concordant.pending": False, "original.pending": False},
-            {"$set": {"processing.state": DONE, "processing.finished_at": utcnow(), "processing.updated_at": utcnow()}},
-        ).modified_count)
+        """Settle a SCORING submission once neither check is pending (atomic, idempotent).
+
+        It becomes DONE when both checks have verdicts, FAILED when either
+        recorded an error (a crash between writing the errored check and
+        marking the failure leaves exactly that state). Returns True when
+        this call made it DONE.
+        """
+        settled = {"_id": oid, "processing.state": SCORING, "concordant.pending": False, "original.pending": False}
+        now = utcnow()
+        done = self.submissions.update_one(
+            dict(settled, **{"concordant.error": {"$exists": False}, "original.error": {"$exists": False}}),
+            {"$set": {"processing.state": DONE, "processing.finished_at": now, "processing.updated_at": now}},
+        )
+        if done.modified_count:
+            return True
+        self.submissions.update_one(
+            dict(settled, **{"$or": [{"concordant.error": {"$exists": True}}, {"original.error": {"$exists": True}}]}),
+            {"$set": {"processing.state": FAILED, "processing.finished_at": now, "processing.updated_at": now}},
+        )
+        return False
 
     def set_failed(self, oid, error):
         """Mark the submission FAILED with a reason."""

@@ -33,7 +33,7 @@ def seeded(tmp_path_factory):
     db = mongomock.MongoClient().numerai
     files = LocalFiles(root)
     assert demo.seed(db, files) is True
-    tournament = read_zip_member(files.dataset(demo.DEMO_ROUND), dataset.TOURNAMENT_FILE, dataset.read_tournament)
+    tournament = read_zip_member(files.dataset(demo.DEMO_ROUND)[0], dataset.TOURNAMENT_FILE, dataset.read_tournament)
     return db, files, root, tournament
 
 
@@ -92,7 +92,7 @@ def test_every_file_parses_against_the_rounds_ids(seeded):
 
 def test_the_dataset_holds_training_features_matching_the_tournament(seeded):
     _, files, _, tournament = seeded
-    training = read_zip_member(files.dataset(demo.DEMO_ROUND), dataset.TRAINING_FILE, dataset.read_training_features)
+    training = read_zip_member(files.dataset(demo.DEMO_ROUND)[0], dataset.TRAINING_FILE, dataset.read_training_features)
     assert training.shape[1] == tournament.features.shape[1]
     assert len(training) > 0
 

@@ -67,10 +67,6 @@ def test_retryable_write_label_makes_an_operation_failure_transient():
     assert is_transient(exc) is True
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "queues/errors.py _TRANSIENT_AWS lists EndpointConnectionError but not botocore's ProxyConnectionError "
-    "(nor its base botocore.exceptions.ConnectionError); neither inherits builtins.ConnectionError, so an "
-    "outage of the S3 proxy is judged permanent and the worker fails the submission as an internal error"))
 def test_proxy_connection_error_is_transient():
     exc = botocore.exceptions.ProxyConnectionError(proxy_url="http://127.0.0.1:1", error="refused")
     assert is_transient(exc) is True

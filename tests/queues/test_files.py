@@ -87,34 +87,35 @@ def test_s3_server_error_is_not_a_missing_file(s3, tmp_path):
         files.submission("alice", "p.csv")
     assert is_transient(raised.value)
     with pytest.raises(botocore.exceptions.ClientError) as raised:
-        files.dataset(41)
+        files.dataset(41)[0]
     assert is_transient(raised.value)
 
 
 def test_s3_dataset_is_downloaded_once_and_reused(s3, client, s3files, tmp_path):
     s3.put_object(Bucket=DATASETS, Key="41/" + DATASET_NAME, Body=b"version one")
-    path = s3files.dataset(41)
+    path = s3files.dataset(41)[0]
     assert path.startswith(str(tmp_path / "cache") + os.sep)
     with open(path, "rb") as handle:
         assert handle.read() == b"version one"
     assert client.calls["download_file"] == 1
 
-    assert s3files.dataset("41") == path
+    assert s3files.dataset("41")[0] == path
     assert client.calls["download_file"] == 1
     # a fresh instance on the same cache (a restart) reuses it too
     again = S3Files(client, UPLOADS, DATASETS, str(tmp_path / "cache"))
-    assert again.dataset(41) == path
+    assert again.dataset(41)[0] == path
     assert client.calls["download_file"] == 1
     assert [name for name in os.listdir(os.path.dirname(path))] == [os.path.basename(path)]
 
 
 def test_s3_replaced_dataset_is_downloaded_again(s3, client, s3files):
     s3.put_object(Bucket=DATASETS, Key="41/" + DATASET_NAME, Body=b"version one")
-    first = s3files.dataset(41)
+    first = s3files.dataset(41)[0]
     first_version = s3files.dataset_version(41)
     s3.put_object(Bucket=DATASETS, Key="41/" + DATASET_NAME, Body=b"version two")
     assert s3files.dataset_version(41) != first_version
-    second = s3files.dataset(41)
+    second, second_version = s3files.dataset(41)
+    assert second_version == s3files.dataset_version(41) != first_version
     assert second != first
     assert client.calls["download_file"] == 2
     with open(second, "rb") as handle:
@@ -130,12 +131,12 @@ def test_s3_dataset_version_is_the_etag(s3, s3files):
 def test_s3_rounds_are_cached_separately(s3, s3files):
     s3.put_object(Bucket=DATASETS, Key="41/" + DATASET_NAME, Body=b"same bytes")
     s3.put_object(Bucket=DATASETS, Key="42/" + DATASET_NAME, Body=b"same bytes")
-    assert s3files.dataset(41) != s3files.dataset(42)
+    assert s3files.dataset(41)[0] != s3files.dataset(42)[0]
 
 
 def test_s3_missing_dataset(s3files, client):
     with pytest.raises(MissingFile) as raised:
-        s3files.dataset(42)
+        s3files.dataset(42)[0]
     assert "no dataset" in str(raised.value)
     assert "42/" + DATASET_NAME in str(raised.value)
     assert client.calls["download_file"] == 0
@@ -154,7 +155,7 @@ def test_s3_interrupted_download_leaves_no_cached_copy(s3, tmp_path):
         broken.dataset(41)
     assert is_transient(raised.value)
     working = S3Files(Counting(s3), UPLOADS, DATASETS, str(tmp_path))
-    with open(working.dataset(41), "rb") as handle:
+    with open(working.dataset(41)[0], "rb") as handle:
         assert handle.read() == b"the whole zip"
     assert working.client.calls["download_file"] == 1
 
@@ -181,7 +182,7 @@ def test_local_dataset(local, tmp_path):
     source = tmp_path / "source.zip"
     source.write_bytes(b"zip one")
     local.put_dataset(41, str(source))
-    path = local.dataset("41")
+    path = local.dataset("41")[0]
     assert path == str(tmp_path / "root" / "datasets" / "41" / DATASET_NAME)
     with open(path, "rb") as handle:
         assert handle.read() == b"zip one"
@@ -189,7 +190,7 @@ def test_local_dataset(local, tmp_path):
 
 def test_local_missing_dataset(local):
     with pytest.raises(MissingFile) as raised:
-        local.dataset(42)
+        local.dataset(42)[0]
     assert "no dataset" in str(raised.value)
     assert "42/" + DATASET_NAME in str(raised.value)
     with pytest.raises(MissingFile, match="no dataset"):

@@ -116,11 +116,6 @@ def test_sweep_of_nothing_unfinished(recovery, pipeline, db):
     assert all(pipeline.depth(stage) == 0 for stage in STAGES)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "queues/recovery.py Recovery.route finishes a document with no pending check via "
-    "Store.finish_if_complete (queues/store.py), which ignores check errors: a crash inside "
-    "Store.record_check(..., error) after the verdict write but before set_failed leaves "
-    "state=scoring with an errored verdict, and the sweep then marks the submission DONE"))
 def test_sweep_fails_rather_than_finishes_a_document_whose_check_errored(recovery, store, db):
     sid = add(db, 1, {"state": SCORING, "stage": STAGE_CHECKS}, concordant=JUDGED,
               original={"pending": False, "value": None, "error": "the submission file is not in storage"})

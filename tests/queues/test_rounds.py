@@ -264,10 +264,6 @@ def test_damaged_saved_labels_are_recomputed(files, cache, rules, rounds, fits, 
     assert len(fits) == 2
 
 
-@pytest.mark.xfail(strict=True, raises=EOFError, reason=(
-    "queues/rounds.py Rounds._labels catches (OSError, ValueError) around np.load, but an empty labels file "
-    "(e.g. left by a power loss after os.replace without fsync) makes np.load raise EOFError, so groups() fails "
-    "and every concordance check of the round fails as an internal error until the file is deleted by hand"))
 def test_an_empty_saved_labels_file_is_recomputed(files, cache, rules, rounds, fits):
     first = rounds.groups(rounds.get(ROUND))
     (saved,) = glob.glob(os.path.join(cache, "clusters", "*.npy"))
