@@ -242,6 +242,7 @@ def test_broken_files_fail_with_reasons_and_the_next_good_one_is_judged(storage,
         assert doc["processing"]["state"] == "failed", (sub.username, doc["processing"])
         reason = doc["processing"]["error"]
         assert isinstance(reason, str) and word in reason.lower(), "%s: %r lacks %r" % (sub.username, reason, word)
+        assert "np.float64" not in reason, "a numpy repr in a message for participants: %r" % reason
         for check in ("concordant", "original"):
             assert doc[check] == {"pending": False, "value": None, "error": reason}, (sub.username, check, doc[check])
         shown = server.show(sub.submission_id).json()
