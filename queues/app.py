@@ -14,6 +14,7 @@ from bson import ObjectId
 from flask import Flask, Response, jsonify, request
 from werkzeug.exceptions import HTTPException
 
+from queues.intake import Acceptor
 from queues.pipeline import LEADERBOARD, STAGES, Job
 
 log = logging.getLogger(__name__)
@@ -99,6 +100,7 @@ def create_app(store, pipeline, config, supervisor, metrics):
     """Build the Flask app around the given store, pipeline, config and monitors."""
     app = Flask(__name__)
     app.config["MAX_CONTENT_LENGTH"] = MAX_BODY_BYTES
+    acceptor = Acceptor(store)
 
     @app.errorhandler(BadRequest)
     def bad_request(exc):
@@ -130,7 +132,7 @@ def create_app(store, pipeline, config, supervisor, metrics):
         submission_id = check_id(body.get("submission_id"))
         if body.get("user_id") is not None and not isinstance(body["user_id"], str):
             raise BadRequest(400, "user_id, when given, must be a string")
-        outcome = store.accept(submission_id)
+        outcome = acceptor.accept(submission_id)
         if outcome == "missing":
             raise BadRequest(404, "no submission with id %s" % submission_id)
         if outcome == "queued":

@@ -37,23 +37,40 @@ class Store:
 
     # -- intake -------------------------------------------------------------
     def accept(self, submission_id):
-        """Record that a submission is queued; return 'queued', 'already' or 'missing'.
+        """Record that a submission is queued; return 'queued', 'already' or 'missing'."""
+        return self.accept_many([submission_id])[0]
 
-        Only a submission not already queued or being scored moves to
-        QUEUED, in one atomic update, so a repeated request queues it once.
+    def accept_many(self, submission_ids):
+        """Record a batch of submissions as queued in two round trips; one answer per id.
+
+        Only documents not already queued or being scored move to QUEUED,
+        in one conditional ``update_many`` that also stamps them with a
+        token unique to this batch; reading the tokens back tells which ids
+        this call queued ('queued'), which were in the pipeline already
+        ('already') and which do not exist ('missing'). An id repeated
+        within the batch is queued once; its repeats answer 'already'.
         """
-        oid = ObjectId(submission_id)
+        oids = [ObjectId(sid) for sid in submission_ids]
+        token = ObjectId()
         now = utcnow()
-        doc = self.submissions.find_one_and_update(
-            {"_id": oid, "processing.state": {"$nin": [QUEUED, SCORING]}},
+        self.submissions.update_many(
+            {"_id": {"$in": oids}, "processing.state": {"$nin": [QUEUED, SCORING]}},
             {"$set": {"processing.state": QUEUED, "processing.stage": STAGE_CONSISTENCY,
                       "processing.queued_at": now, "processing.updated_at": now,
-                      "processing.attempts": 0, "processing.error": None}},
-            projection={"_id": 1},
+                      "processing.attempts": 0, "processing.error": None, "processing.batch": token}},
         )
-        if doc is not None:
-            return "queued"
-        return "already" if self.submissions.count_documents({"_id": oid}, limit=1) else "missing"
+        found = {doc["_id"]: (doc.get("processing") or {}).get("batch") == token
+                 for doc in self.submissions.find({"_id": {"$in": oids}}, {"processing.batch": 1})}
+        answers, seen = [], set()
+        for oid in oids:
+            if oid not in found:
+                answers.append("missing")
+            elif found[oid] and oid not in seen:
+                answers.append("queued")
+            else:
+                answers.append("already")
+            seen.add(oid)
+        return answers
 
     def get(self, submission_id):
         """The submission document, or None."""
