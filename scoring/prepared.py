@@ -46,8 +46,12 @@ log = logging.getLogger(__name__)
 #: undecided correlation band about +-1.6e-5 at no cost in speed.
 BLOCK = 256
 #: Submissions per storage segment: growth allocates one segment and
-#: copies nothing; at most one segment is partly empty.
-SEGMENT_ROWS = 64
+#: copies nothing; at most one segment is partly empty. A segment's
+#: product with the candidate is one matrix-vector product per block of
+#: SEGMENT_ROWS x BLOCK = 8192 values, small enough that OpenBLAS runs it
+#: on the calling thread; larger ones wake its thread pool thousands of
+#: times per check, which costs more than it saves.
+SEGMENT_ROWS = 32
 #: Grid points for the KS sketch (about 11 values per cell at n=45,000).
 GRID_POINTS = 4096
 #: Decimal scales tried for rebuilding exact values from the float32 copy.
@@ -98,9 +102,9 @@ def ks_interval(counts_a, counts_b):
     """Integers ``(L, U)`` with ``L <= ks_counts(a, b) <= U``.
 
     ``counts_*`` are extended grid counts ``[0, C[0], ..., C[g-1], n]``.
-    The difference of the two empirical CDFs at a grid point is one of
-    the values ks_counts maximises, so the largest of them is a lower
-    bound. For t in the cell ``(G[j-1], G[j]]`` the CDFs lie between
+    The difference of the two empirical CDFs at a grid point equals
+    their difference at the largest data value not above it (or 0), one
+    of the values ks_counts maximises, so the largest is a lower bound. For t in the cell ``(G[j-1], G[j]]`` the CDFs lie between
     their values at the cell's ends, so ``F_a(t) - F_b(t) <= C_a[j] -
     C_b[j-1]`` and symmetrically, which bounds every t from above.
     """
@@ -218,14 +222,17 @@ def pair_margins(n, blocks, cand, angle, scale, floor):
     centering and rounding of both vectors (``cand.angle + angle``). The
     float32 block sums are off by at most ``gamma_B(u32)`` of
     ``sum |v_i w_i| <= ||v|| ||w||``, their float64 sum by ``gamma_nb`` more,
-    underflowing products by ``TINY32`` each; dividing by the stored
+    underflowing products and sums by ``TINY32`` each; dividing by the stored
     float64 norms instead of the float32 ones scales by ``P``. The plain
     float64 Pearson adds ``2.2 gamma_n + 5u`` (its dot products and the
     final sqrt and division). All quantities are rounded up.
     """
     g_blocks = gamma(BLOCK, U32)
     g_dot = g_blocks + gamma(blocks, U64) * (1 + g_blocks)
-    underflow = n * TINY32 * (1 + g_blocks) * (1 + gamma(blocks, U64))
+    # Each float32 product and, when flushing to zero, each float32 sum
+    # may lose up to TINY32 absolutely; float64 underflow in the plain
+    # computation is covered with room to spare by the same term.
+    underflow = 2 * n * TINY32 * (1 + g_blocks) * (1 + gamma(blocks, U64))
     plain = 2.2 * gamma(n, U64) + 5 * U64
     with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
         p = (1 + cand.scale) * (1 + scale) * (1 + U64) ** 2
@@ -251,7 +258,7 @@ def prepare(values, grid, blocks):
     """Center, round, sketch and sort one float64 vector."""
     mean = values.mean()
     centered = values - mean
-    norm = float(np.sqrt(np.dot(centered, centered)))
+    norm = float(np.sqrt(np.einsum("i,i->", centered, centered)))  # numpy's loop: no BLAS thread wake-up
     padded = np.zeros(blocks * BLOCK, dtype=np.float32)
     padded[: values.size] = centered
     ordered = np.sort(values)
@@ -482,6 +489,9 @@ class PreparedRound:
             self._stats["checks"] += 1
             for name, value in counters.items():
                 self._stats[name] += value
+        if counters["correlation_exact"] or counters["ks_exact"]:
+            log.debug("exact values needed for %(correlation_exact)d correlations and %(ks_exact)d KS "
+                      "comparisons of %(pairs)d pairs (%(fetched)d fetched)", counters)
 
     @staticmethod
     def _stored_values(segments, meta, slot, n):
@@ -489,7 +499,7 @@ class PreparedRound:
         row = segments[slot // SEGMENT_ROWS].data[:, slot % SEGMENT_ROWS, :].reshape(-1)[:n]
         return recover(row, meta["mean"][slot], meta["recovery"][slot])
 
-    def exact_values(self, snapshot, position):
+    def _exact_values(self, snapshot, position):
         """The exact float64 values of one other submission in a snapshot."""
         slot = snapshot.slots[position]
         if snapshot.meta["recovery"][slot]:
@@ -548,11 +558,10 @@ class _Check:
 
     @staticmethod
     def _rows_view(rows):
-        """Unique rows to compute and, per position, where its result lands."""
-        unique, inverse = np.unique(rows, return_inverse=True)
-        if unique.size <= GATHER_SHARE * SEGMENT_ROWS:
-            return unique, inverse
-        return None, rows
+        """Rows to gather (None: the whole segment) and where each position's result lands."""
+        if rows.size > GATHER_SHARE * SEGMENT_ROWS:
+            return None, rows
+        return np.unique(rows, return_inverse=True)
 
     def _correlation(self, positions, rows, segment):
         """False if a pair is certainly too correlated, else positions still undecided."""
@@ -654,7 +663,7 @@ class _Check:
         if slot not in self.exact_cache:
             if not self.snap.meta["recovery"][slot]:
                 self.counters["fetched"] += 1
-            self.exact_cache[slot] = self.round.exact_values(self.snap, position)
+            self.exact_cache[slot] = self.round._exact_values(self.snap, position)
         return self.exact_cache[slot]
 
 
