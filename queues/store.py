@@ -41,26 +41,31 @@ class Store:
         return self.accept_many([submission_id])[0]
 
     def accept_many(self, submission_ids):
-        """Record a batch of submissions as queued in two round trips; one answer per id.
+        """Record a batch of submissions as queued; one answer per id.
 
         Only documents not already queued or being scored move to QUEUED,
         in one conditional ``update_many`` that also stamps them with a
-        token unique to this batch; reading the tokens back tells which ids
-        this call queued ('queued'), which were in the pipeline already
-        ('already') and which do not exist ('missing'). An id repeated
-        within the batch is queued once; its repeats answer 'already'.
+        token unique to this batch. When it moved every id, that is the
+        whole answer (one round trip); otherwise reading the tokens back
+        tells which ids this call queued ('queued'), which were in the
+        pipeline already ('already') and which do not exist ('missing').
+        An id repeated within the batch is queued once; repeats say 'already'.
         """
         oids = [ObjectId(sid) for sid in submission_ids]
+        unique = set(oids)
         token = ObjectId()
         now = utcnow()
-        self.submissions.update_many(
-            {"_id": {"$in": oids}, "processing.state": {"$nin": [QUEUED, SCORING]}},
+        moved = self.submissions.update_many(
+            {"_id": {"$in": list(unique)}, "processing.state": {"$nin": [QUEUED, SCORING]}},
             {"$set": {"processing.state": QUEUED, "processing.stage": STAGE_CONSISTENCY,
                       "processing.queued_at": now, "processing.updated_at": now,
                       "processing.attempts": 0, "processing.error": None, "processing.batch": token}},
-        )
-        found = {doc["_id"]: (doc.get("processing") or {}).get("batch") == token
-                 for doc in self.submissions.find({"_id": {"$in": oids}}, {"processing.batch": 1})}
+        ).modified_count
+        if moved == len(unique):  # the usual case: every id was new to the pipeline
+            found = dict.fromkeys(unique, True)
+        else:
+            found = {doc["_id"]: (doc.get("processing") or {}).get("batch") == token
+                     for doc in self.submissions.find({"_id": {"$in": list(unique)}}, {"processing.batch": 1})}
         answers, seen = [], set()
         for oid in oids:
             if oid not in found:

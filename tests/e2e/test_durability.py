@@ -54,13 +54,17 @@ def post_concurrently(server, subs, threads=8):
 
 
 def assert_leaderboard(db, rnd, expected, docs):
-    """One entry per user, pointing at their latest submission, with its verdicts."""
+    """One entry per user, pointing at their last processed submission, with its verdicts.
+
+    The dispatcher is one thread and writes the entry right after it starts a
+    submission, so "last processed" is the latest ``processing.started_at``.
+    """
     board = leaderboard(db, rnd.competition_id)
     counts = collections.Counter(entry["username"] for entry in board)
     users = {sub.username for sub in rnd.submissions if sub.values is not None}
     assert set(counts) == users and set(counts.values()) == {1}, "entries per user: %s" % dict(counts)
     latest = {}
-    for sub in sorted(rnd.submissions, key=lambda s: s.created):
+    for sub in sorted(rnd.submissions, key=lambda s: docs[s.submission_id]["processing"]["started_at"]):
         latest[sub.username] = sub
     for entry in board:
         sub = latest[entry["username"]]
