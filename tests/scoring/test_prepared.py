@@ -233,6 +233,27 @@ def test_correlation_within_1e7_of_the_limit_full_precision(sign):
     assert stats["correlation_exact"] > 0 and stats["fetched"] > 0
 
 
+@pytest.mark.parametrize("spread", [1e-3, 1e-9, 1e-13])
+def test_correlation_of_nearly_constant_vectors(spread):
+    """When the spread is tiny next to the mean, centering in float64 is off
+    by a share of the spread itself, for the plain rule too; the bound
+    widens with it and the pair falls back to the plain computation."""
+    rng = np.random.default_rng(14)
+    a = 0.5 + spread * rng.random(1000)
+    vectors = {"a": a}
+    for i, r in enumerate((0.9, 0.95 - 1e-4, 0.95, 0.95 + 1e-4, 0.99)):
+        vectors["b%d" % i] = 0.5 + spread * (correlated_with(rng, a, r) - 0.5)
+    prepared = build(vectors)
+    verdicts = []
+    for key in vectors:
+        if key != "a":
+            verdicts += agree(prepared, vectors, a, [key], (Rules(),))
+    if spread > 1e-9:
+        assert set(verdicts) == {True, False}
+    else:
+        assert prepared.stats["correlation_exact"] > 0
+
+
 def test_correlation_at_the_limit_with_six_decimals():
     """Rounded to 6 decimals, values are rebuilt from float32 in memory."""
     rng = np.random.default_rng(6)
@@ -291,6 +312,30 @@ def test_tiny_and_unaligned_rounds(n):
         leave_one_out(vectors, grid_points)
 
 
+@pytest.mark.parametrize("n", [65535, 65536])
+def test_counts_at_the_edge_of_uint16(n):
+    """n = 65535 is the largest round with 16-bit grid counts, whose first
+    pass works modulo 2**16; 65536 switches to 32 bits. Disjoint vectors
+    make count differences of nearly n, which wrap around."""
+    rng = np.random.default_rng(n)
+    base = distinct_values(rng, n, 0.1, 0.8, decimals=6)
+    vectors = {"base": base, "low": np.round(rng.uniform(0, 0.05, n), 6), "high": np.round(rng.uniform(0.95, 1, n), 6)}
+    dup_cut = cutoff(n, lambda k: k / n < Rules().duplicate_ks)
+    similar_cut = cutoff(n, lambda k: k / n <= Rules().similar_ks)
+    for count in (dup_cut - 1, dup_cut, similar_cut - 1, similar_cut):
+        vectors["moved%d" % count] = moved_copy(rng, base, count, decimals=6)
+        top = base.copy()  # the largest values move up: only the top grid point (count n) sees it
+        top[np.argsort(base)[-count:]] = np.round(0.9 + np.arange(count) * 1e-6, 6)
+        vectors["top%d" % count] = rng.permutation(top)
+    prepared = build(vectors)
+    for key in ("base", "low", "moved%d" % dup_cut):
+        agree(prepared, vectors, vectors[key], [k for k in vectors if k != key])
+    for count in (dup_cut - 1, dup_cut, similar_cut - 1, similar_cut):
+        agree(prepared, vectors, base, ["moved%d" % count, "low", "high"])
+        agree(prepared, vectors, base, ["top%d" % count, "low", "high"])
+        agree(prepared, vectors, vectors["top%d" % count], ["base", "low", "high"])
+
+
 def test_no_others_is_original():
     prepared = build({"a": np.array([0.1, 0.2])})
     assert prepared.is_original(np.array([0.1, 0.2]), []) is True
@@ -301,7 +346,7 @@ def test_no_others_is_original():
 
 def random_round(rng):
     """A round of families of related submissions with ties, copies and constants."""
-    n = int(rng.choice([1, 2, 17, 255, 257, 600, 1500]))
+    n = int(rng.choice([1, 2, 17, 255, 257, 600, 1500, 6000]))
     size = int(rng.integers(2, 16))
     decimals = rng.choice([2, 3, 5, 6, 0])
     families = [rng.normal(size=n) for _ in range(int(rng.integers(1, 4)))]
