@@ -19,7 +19,7 @@ def parser_with_subcommands():
     commands = parser.add_subparsers(dest="benchmark", metavar="BENCHMARK")
     parsers = {}
     for name, module in BENCHMARKS.items():
-        parsers[name] = commands.add_parser(name, help=module.__doc__.strip().splitlines()[0])
+        parsers[name] = commands.add_parser(name, help=module.__doc__.strip().splitlines()[0].split(": ", 1)[-1])
         module.add_arguments(parsers[name])
     return parser, parsers
 

@@ -111,7 +111,10 @@ def timed_checks(prepared, candidate, keys, rules, repeat):
 
 
 def judge_candidates(store, prepared, candidates, rules, repeat):
-    """Time every candidate on all keys and on the keys it does not offend; verify both."""
+    """Time every candidate on all keys and on the keys it does not offend; verify both.
+
+    The fallback counters add up the first check on each key set.
+    """
     keys = list(store)
     others = [store[key] for key in keys]
     rows = []
@@ -119,8 +122,9 @@ def judge_candidates(store, prepared, candidates, rules, repeat):
         for name, candidate in candidates.items():
             bad = set(offending(keys, plain_clauses(candidate, others, rules, executor), rules))
             clean = [key for key in keys if key not in bad]
-            verdict, all_ms, _ = timed_checks(prepared, candidate, keys, rules, repeat)
-            full_verdict, full_ms, counters = timed_checks(prepared, candidate, clean, rules, repeat)
+            verdict, all_ms, counters = timed_checks(prepared, candidate, keys, rules, repeat)
+            full_verdict, full_ms, full_counters = timed_checks(prepared, candidate, clean, rules, repeat)
+            counters = {name: counters[name] + full_counters[name] for name in counters}
             for got, expected, which in ((verdict, not bad, "all %d keys" % len(keys)),
                                          (full_verdict, True, "%d keys it does not offend" % len(clean))):
                 if got != expected:
