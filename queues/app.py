@@ -132,7 +132,10 @@ def create_app(store, pipeline, config, supervisor, metrics):
         submission_id = check_id(body.get("submission_id"))
         if body.get("user_id") is not None and not isinstance(body["user_id"], str):
             raise BadRequest(400, "user_id, when given, must be a string")
-        outcome = acceptor.accept(submission_id)
+        # A repeat of a submission this process already holds needs no round trip:
+        # the request that queued it recorded that durably, and a worker forgets
+        # an id only after its final write.
+        outcome = "already" if pipeline.anywhere(submission_id) else acceptor.accept(submission_id)
         if outcome == "missing":
             raise BadRequest(404, "no submission with id %s" % submission_id)
         if outcome == "queued":

@@ -59,6 +59,11 @@ class Pipeline:
         with self._lock:
             return submission_id in self._in_flight[stage]
 
+    def anywhere(self, submission_id):
+        """True while the id is waiting or in work at any stage of this process."""
+        with self._lock:
+            return any(submission_id in ids for ids in self._in_flight.values())
+
     def depth(self, stage):
         """Items in flight at a stage (waiting or being worked on)."""
         with self._lock:

@@ -239,3 +239,34 @@ def test_fuzzed_requests_never_get_a_server_error(client, submit, model):
         if response.status_code >= 400:
             assert "error" in (response.get_json(silent=True) or {}), response.get_data()[:200]
     assert 202 in statuses and 400 in statuses and 401 in statuses
+
+
+class CountingStore:
+    """Counts the round trips the intake makes to the store."""
+
+    def __init__(self, store):
+        self.store = store
+        self.accepts = 0
+
+    def accept_many(self, ids):
+        self.accepts += 1
+        return self.store.accept_many(ids)
+
+    def __getattr__(self, name):
+        return getattr(self.store, name)
+
+
+def test_a_repeat_of_a_submission_in_flight_needs_no_database_round_trip(store, pipeline, config, supervisor,
+                                                                         metrics, submit, model):
+    counting = CountingStore(store)
+    client = create_app(counting, pipeline, config, supervisor, metrics).test_client()
+    sid = submit("zuz", model(1))
+    assert post(client, submission_id=sid, api_key=API_KEY).get_json()["duplicate"] is False
+    for _ in range(5):
+        assert post(client, submission_id=sid, api_key=API_KEY).get_json()["duplicate"] is True
+    assert counting.accepts == 1
+    job = pipeline.queues[LEADERBOARD].get_nowait()
+    pipeline.done(LEADERBOARD, job)  # the worker let it go: the next request asks the database
+    store.submissions.update_one({}, {"$set": {"processing.state": "done"}})
+    assert post(client, submission_id=sid, api_key=API_KEY).get_json()["duplicate"] is False
+    assert counting.accepts == 2
