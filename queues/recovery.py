@@ -25,10 +25,11 @@ def stages_for(doc):
 class Recovery:
     """The sweep, and a loop that repeats it."""
 
-    def __init__(self, pipeline, store, interval):
+    def __init__(self, pipeline, store, interval, metrics=None):
         self.pipeline = pipeline
         self.store = store
         self.interval = interval
+        self.metrics = metrics
 
     def route(self, doc):
         """Queue one unfinished document where it stopped; return the stages queued."""
@@ -36,8 +37,8 @@ class Recovery:
         if self.pipeline.in_flight(LEADERBOARD, sid):
             return []
         stages = stages_for(doc)
-        if not stages:
-            self.store.finish_if_complete(doc["_id"])
+        if not stages and self.store.finish_if_complete(doc["_id"]) and self.metrics is not None:
+            self.metrics.outcome("done")
         return [stage for stage in stages if self.pipeline.put(stage, Job(sid))]
 
     def sweep(self):

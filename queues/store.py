@@ -87,15 +87,21 @@ class Store:
 
     # -- dispatcher ---------------------------------------------------------
     def begin(self, submission_id):
-        """Move a submission into SCORING and mark both checks pending.
+        """Move a QUEUED submission into SCORING and mark both checks pending.
 
-        Returns the document after the update, or None if it is gone.
-        Marking the checks here, with the state, means a crash at any later
-        point leaves a document that says exactly what is unfinished.
+        Also takes a submission whose dispatch was interrupted (SCORING at the
+        consistency stage). Returns the document after the update, or None
+        when there is nothing to dispatch: the document is gone, or it is
+        already past this stage (a stale recovery read must not re-score a
+        finished submission). Marking the checks here, with the state, means
+        a crash at any later point leaves a document that says exactly what
+        is unfinished.
         """
         now = utcnow()
         return self.submissions.find_one_and_update(
-            {"_id": ObjectId(submission_id)},
+            {"_id": ObjectId(submission_id),
+             "$or": [{"processing.state": QUEUED},
+                     {"processing.state": SCORING, "processing.stage": STAGE_CONSISTENCY}]},
             {"$set": {"processing.state": SCORING, "processing.stage": STAGE_CONSISTENCY,
                       "processing.started_at": now, "processing.updated_at": now,
                       "concordant": PENDING, "original": PENDING},
@@ -104,8 +110,8 @@ class Store:
         )
 
     def record_consistency(self, doc, consistency, logloss):
-        """Write consistency (and logloss where the backend gave none); enter the checks stage."""
-        fields = {"consistency": consistency, "processing.stage": STAGE_CHECKS, "processing.updated_at": utcnow()}
+        """Write consistency, and logloss where the backend gave none."""
+        fields = {"consistency": consistency, "processing.updated_at": utcnow()}
         if doc.get("validationLogloss") is None:
             fields["validationLogloss"] = logloss
         self.submissions.update_one({"_id": doc["_id"]}, {"$set": fields})
@@ -145,6 +151,15 @@ class Store:
             if pushed.matched_count:
                 return
         raise RuntimeError("leaderboard entry for %s kept changing under us" % username)
+
+    def enter_checks(self, doc):
+        """Dispatch is complete: from here on the checks own the submission.
+
+        Written last by the dispatcher, so a retry or a recovery at any
+        earlier point dispatches again (every dispatcher write is idempotent).
+        """
+        self.submissions.update_one({"_id": doc["_id"], "processing.state": SCORING},
+                                    {"$set": {"processing.stage": STAGE_CHECKS, "processing.updated_at": utcnow()}})
 
     # -- checks -------------------------------------------------------------
     def record_check(self, doc, check, value, error=None):

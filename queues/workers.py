@@ -127,7 +127,11 @@ class Dispatcher(Worker):
 
     def process(self, job):
         sid = job.submission_id
-        doc = check_document(self.store.begin(sid), sid)
+        doc = self.store.begin(sid)
+        if doc is None:
+            log.info("%s: not queued any more (finished, or gone); nothing to dispatch", sid)
+            return
+        doc = check_document(doc, sid)
         job.doc = doc
         rnd = self.rounds.get(doc["competition_id"])
         values = self.predictions(job, rnd)
@@ -138,6 +142,7 @@ class Dispatcher(Worker):
         self.store.record_consistency(doc, score, loss)
         reported = doc.get("validationLogloss")
         self.store.update_leaderboard(doc, score, loss if reported is None else reported)
+        self.store.enter_checks(doc)
         log.info("%s: consistency %.1f%%, validation logloss %.5f", sid, score, loss)
         for stage in (CONCORDANCE, ORIGINALITY):
             self.pipeline.put(stage, Job(sid, doc=doc, predictions=values))

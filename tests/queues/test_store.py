@@ -44,9 +44,30 @@ def entry_of(db, username, competition_id=ROUND):
     return found[0]
 
 
+def begin(store, sid):
+    """What intake and the dispatcher do: accept (unless already), then begin."""
+    if (store.get(sid) or {}).get("processing") is None:
+        store.accept(sid)
+    return store.begin(sid)
+
+
+def test_begin_takes_only_what_is_still_to_dispatch(store, db):
+    """A stale recovery read must not send a finished or checked submission back through."""
+    sid = add_submission(db, "alice")
+    assert store.begin(sid) is None  # never accepted
+    store.accept(sid)
+    doc = scored(store, sid)
+    store.enter_checks(doc)
+    assert store.begin(sid) is None  # past consistency: the checks own it now
+    store.record_check(doc, "concordant", True)
+    store.record_check(doc, "original", True)
+    assert store.begin(sid) is None  # done
+    assert store.get(sid)["processing"]["attempts"] == 1
+
+
 def scored(store, sid, consistency=75.0, logloss=0.69):
     """begin + consistency + leaderboard: the dispatcher's writes; returns the fresh doc."""
-    doc = store.begin(sid)
+    doc = begin(store, sid)
     store.record_consistency(doc, consistency, logloss)
     store.update_leaderboard(doc, consistency, logloss)
     return store.get(sid)
@@ -78,7 +99,7 @@ def test_accept_while_queued_or_scoring_is_already(store, db):
     assert store.accept(sid) == "queued"
     queued_at = store.get(sid)["processing"]["queued_at"]
     assert store.accept(sid) == "already"
-    store.begin(sid)
+    begin(store, sid)
     assert store.accept(sid) == "already"
     processing = store.get(sid)["processing"]
     assert processing["state"] == SCORING
@@ -95,8 +116,8 @@ def test_accept_unknown_id_is_missing_and_creates_nothing(store, db):
 def test_accept_requeues_finished_submissions_and_resets_attempts(store, db, outcome):
     sid = add_submission(db, "alice")
     store.accept(sid)
-    doc = scored(store, sid)
-    store.begin(sid)  # a second attempt
+    begin(store, sid)  # a first attempt, interrupted before consistency was written
+    doc = scored(store, sid)  # the second attempt
     if outcome == DONE:
         store.record_check(doc, "concordant", True)
         store.record_check(doc, "original", True)
@@ -125,7 +146,7 @@ def test_begin_moves_to_scoring_counts_attempts_and_marks_checks_pending(store, 
     sid = add_submission(db, "alice", concordant={"pending": False, "value": True})
     store.accept(sid)
     before = utcnow()
-    doc = store.begin(sid)
+    doc = begin(store, sid)
     assert doc["_id"] == ObjectId(sid)
     assert doc["processing"]["state"] == SCORING
     assert doc["processing"]["stage"] == STAGE_CONSISTENCY
@@ -134,22 +155,24 @@ def test_begin_moves_to_scoring_counts_attempts_and_marks_checks_pending(store, 
     assert doc["concordant"] == {"pending": True}
     assert doc["original"] == {"pending": True}
     assert store.get(sid) == doc  # the returned document is the stored one, after the update
-    assert store.begin(sid)["processing"]["attempts"] == 2
+    assert begin(store, sid)["processing"]["attempts"] == 2
 
 
 def test_begin_of_a_gone_submission_is_none(store):
-    assert store.begin(str(ObjectId())) is None
+    assert begin(store, str(ObjectId())) is None
 
 
 @pytest.mark.parametrize("backend_logloss", [None, "absent", 0.6812])
 def test_record_consistency_writes_logloss_only_when_the_backend_gave_none(store, db, backend_logloss):
     fields = {} if backend_logloss == "absent" else {"validationLogloss": backend_logloss}
     sid = add_submission(db, "alice", **fields)
-    doc = store.begin(sid)
+    doc = begin(store, sid)
     store.record_consistency(doc, 83.3, 0.6931)
     stored = store.get(sid)
     assert stored["consistency"] == 83.3
-    assert stored["processing"]["stage"] == STAGE_CHECKS
+    assert stored["processing"]["stage"] == STAGE_CONSISTENCY  # until enter_checks, a retry dispatches again
+    store.enter_checks(doc)
+    assert store.get(sid)["processing"]["stage"] == STAGE_CHECKS
     expected = 0.6812 if backend_logloss == 0.6812 else 0.6931
     assert stored["validationLogloss"] == expected
 
@@ -158,7 +181,7 @@ def test_record_consistency_writes_logloss_only_when_the_backend_gave_none(store
 def test_first_submission_creates_an_entry_with_career_earnings(store, db, user):
     db.competitions.insert_one({"_id": ROUND, "leaderboard": []})
     sid = add_submission(db, user)
-    doc = store.begin(sid)
+    doc = begin(store, sid)
     store.update_leaderboard(doc, 66.7, 0.6925)
     assert entries(db) == [{
         "username": "alice", "submission_id": ObjectId(sid),
@@ -174,7 +197,7 @@ def test_career_earnings_default_to_zero(store, db, user_doc):
     if user_doc is not None:
         db.users.insert_one(user_doc)
     sid = add_submission(db, "bob")
-    store.update_leaderboard(store.begin(sid), 50.0, 0.7)
+    store.update_leaderboard(begin(store, sid), 50.0, 0.7)
     usd = (user_doc or {}).get("earnings", {}).get("career", {}).get("usd", 0)
     assert entry_of(db, "bob")["earnings"] == {"career": {"usd": usd, "nmr": 0}, "competition": {"usd": 0, "nmr": 0}}
 
@@ -186,7 +209,7 @@ def test_a_users_second_submission_updates_the_same_entry(store, db, user):
     assert entry_of(db, user)["concordant"] == {"pending": False, "value": True}
 
     second = add_submission(db, user, created=T0 + datetime.timedelta(hours=1))
-    store.update_leaderboard(store.begin(second), 91.7, 0.689)
+    store.update_leaderboard(begin(store, second), 91.7, 0.689)
     board = entries(db)
     assert len(board) == 1
     entry = board[0]
@@ -200,7 +223,7 @@ def test_a_users_second_submission_updates_the_same_entry(store, db, user):
 def test_other_users_get_their_own_entries(store, db):
     ids = {name: add_submission(db, name) for name in ("alice", "bob", "carol")}
     for name, sid in ids.items():
-        store.update_leaderboard(store.begin(sid), 50.0, 0.7)
+        store.update_leaderboard(begin(store, sid), 50.0, 0.7)
     board = entries(db)
     assert sorted(e["username"] for e in board) == ["alice", "bob", "carol"]
     assert {e["username"]: e["submission_id"] for e in board} == {n: ObjectId(s) for n, s in ids.items()}
@@ -209,14 +232,14 @@ def test_other_users_get_their_own_entries(store, db):
 def test_update_leaderboard_creates_the_competition_when_missing(store, db):
     sid = add_submission(db, "alice", competition_id=42)
     assert db.competitions.find_one({"_id": 42}) is None
-    store.update_leaderboard(store.begin(sid), 50.0, 0.7)
+    store.update_leaderboard(begin(store, sid), 50.0, 0.7)
     assert [e["username"] for e in entries(db, 42)] == ["alice"]
     assert entries(db, ROUND) is None  # and only that one
 
 
 def test_update_leaderboard_keeps_other_competition_fields(store, db):
     db.competitions.insert_one({"_id": ROUND, "leaderboard": [], "start_date": T0, "dataset_id": "abc"})
-    store.update_leaderboard(store.begin(add_submission(db, "alice")), 50.0, 0.7)
+    store.update_leaderboard(begin(store, add_submission(db, "alice")), 50.0, 0.7)
     competition = db.competitions.find_one({"_id": ROUND})
     assert competition["start_date"] == T0 and competition["dataset_id"] == "abc"
 
