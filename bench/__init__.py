@@ -5,10 +5,12 @@ Each benchmark is a module with ``add_arguments(parser)`` and
 registered in :data:`BENCHMARKS` below; that is the only place a new one
 (``round``, ``intake``, ...) needs to be added.
 """
-from bench import concordance, originality
+from bench import concordance, intake, originality, round
 
 #: name -> benchmark module, in the order ``python -m bench`` runs them.
 BENCHMARKS = {
     "originality": originality,
     "concordance": concordance,
+    "round": round,
+    "intake": intake,
 }

@@ -1,0 +1,114 @@
+"""intake: accepted requests per second and latency under gunicorn, pipeline running.
+
+The load comes from a separate process (``bench.load``) over keep-alive
+connections. Each run POSTs the ids of the round's submissions in turn:
+a submission still in the pipeline answers 202 as a duplicate, one that
+is finished is queued (and scored) again, so the pipeline works while
+the intake is measured. The baseline is the 2017-style handler
+(parse, put on a queue, record nothing) under the same gunicorn setup.
+"""
+import concurrent.futures
+import contextlib
+import json
+import multiprocessing
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+
+import numpy as np
+
+from bench import intake_server, load
+from bench.timing import BenchmarkError, result
+from queues.local import embedded, free_port
+
+
+def add_arguments(parser):
+    parser.add_argument("--seconds", type=float, default=8.0, help="load duration per run")
+    parser.add_argument("--clients", type=int, default=16, help="concurrent keep-alive connections")
+    parser.add_argument("--submissions", type=int, default=100,
+                        help="documents in the store (mongomock scans them all on every query)")
+    parser.add_argument("--stores", default="mongomock,secantus", help="comma-separated: mongomock, secantus")
+
+
+@contextlib.contextmanager
+def serving(folder, *extra):
+    """Run the intake server; yields its port once /health (or / for bare) answers."""
+    port = free_port()
+    os.makedirs(folder, exist_ok=True)
+    command = [sys.executable, "-m", "bench.intake_server", "--port", str(port), "--dir", folder] + list(extra)
+    process = subprocess.Popen(command, cwd=intake_server.HERE, start_new_session=True,
+                               stdout=subprocess.DEVNULL, stderr=open(os.path.join(folder, "server.log"), "ab"))
+    try:
+        wait_until_serving(port, process, bare="--bare" in extra)
+        yield port
+    finally:
+        os.killpg(process.pid, signal.SIGTERM)
+        try:
+            process.wait(30)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+
+
+def wait_until_serving(port, process, bare, timeout=120):
+    deadline = time.monotonic() + timeout
+    url = "http://127.0.0.1:%d/%s" % (port, "" if bare else "health")
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise BenchmarkError("intake server exited with %s" % process.returncode)
+        try:
+            urllib.request.urlopen(url, timeout=1)
+            return
+        except urllib.error.HTTPError as answer:
+            if bare:  # GET / is 405 on the bare app: it is up
+                return
+            if answer.code == 200:
+                return
+        except OSError:
+            pass
+        time.sleep(0.1)
+    raise BenchmarkError("intake server did not come up")
+
+
+def measure(port, args):
+    """Drive the load from another process; returns summary figures."""
+    bodies = [json.dumps({"submission_id": sid, "api_key": intake_server.API_KEY}).encode()
+              for sid in intake_server.submission_ids(args.submissions)]
+    context = multiprocessing.get_context("spawn")
+    with concurrent.futures.ProcessPoolExecutor(1, mp_context=context) as pool:
+        samples, elapsed = pool.submit(load.run_load, "127.0.0.1", port, bodies, args.clients, args.seconds).result()
+    statuses = np.array([status for status, _ in samples])
+    latencies = np.array([latency for _, latency in samples]) * 1e3
+    accepted = int((statuses == 202).sum())
+    return {"rps": round(accepted / elapsed, 1), "requests": len(samples), "non_202": int((statuses != 202).sum()),
+            "server_errors": int((statuses >= 500).sum()), "p50_ms": round(float(np.percentile(latencies, 50)), 2),
+            "p99_ms": round(float(np.percentile(latencies, 99)), 2), "median": float(np.median(latencies))}
+
+
+def run(args):
+    results = []
+    with tempfile.TemporaryDirectory() as folder:
+        with serving(os.path.join(folder, "bare"), "--bare") as port:
+            bare = measure(port, args)
+        for store in [name.strip() for name in args.stores.split(",") if name.strip()]:
+            extra = ["--submissions", str(args.submissions)]
+            with contextlib.ExitStack() as stack:
+                if store == "secantus":
+                    url = stack.enter_context(embedded(os.path.join(folder, "secantus")))
+                    extra += ["--mongo-url", url]
+                elif store != "mongomock":
+                    raise BenchmarkError("unknown store %r" % store)
+                port = stack.enter_context(serving(os.path.join(folder, store), *extra))
+                figures = measure(port, args)
+            if figures["server_errors"]:
+                raise BenchmarkError("%d server errors under load against %s" % (figures["server_errors"], store))
+            fields = {"store": store, "clients": args.clients, "submissions": args.submissions,
+                      "seconds": args.seconds, "rps": figures["rps"], "p50_ms": figures["p50_ms"],
+                      "p99_ms": figures["p99_ms"], "non_202": figures["non_202"],
+                      "bare_rps": bare["rps"], "bare_p99_ms": bare["p99_ms"]}
+            results.append(result("intake", fields, figures["median"], bare["median"]))
+    return results
