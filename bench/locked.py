@@ -5,9 +5,28 @@ another thread updates it raises "dictionary changed size during
 iteration"), whereas the service's threads share one database as they
 would share a MongoDB server. This wrapper runs every operation under one
 lock and materialises cursors inside it, so the benchmarks measure the
-service on a database that answers one operation at a time.
+service on a database that answers one operation at a time. Because
+operations are serialised, the time spent inside them (``busy``) is the
+database's share of a run.
 """
 import threading
+import time
+
+
+class Clock:
+    """Seconds spent inside the lock, summed."""
+
+    def __init__(self):
+        self.lock = threading.RLock()
+        self.busy = 0.0
+
+    def __enter__(self):
+        self.lock.acquire()
+        self.started = time.perf_counter()
+
+    def __exit__(self, *exc):
+        self.busy += time.perf_counter() - self.started
+        self.lock.release()
 
 
 class Results(list):
@@ -39,11 +58,16 @@ class LockedCollection:
 
 
 class LockedDatabase:
-    """A mongomock Database whose collections share one lock."""
+    """A mongomock Database whose collections share one lock (and its clock)."""
+
+    @property
+    def busy(self):
+        """Seconds spent inside database operations so far."""
+        return self._lock.busy
 
     def __init__(self, db):
         self._db = db
-        self._lock = threading.RLock()
+        self._lock = Clock()
 
     def __getattr__(self, name):
         if name == "command":

@@ -98,12 +98,13 @@ def prepare(root, args):
 
 
 def run_round(root, docs, timeout):
-    """Score every document through the real service; returns (seconds, database)."""
+    """Score every document through the real service; returns (seconds, database, database busy seconds)."""
     db = mongomock.MongoClient().bench
     db.submissions.insert_many(docs)
     db.competitions.insert_one({"_id": ROUND, "leaderboard": []})
     config = Config(api_key=API_KEY, local=True, local_dir=root, cache_dir=os.path.join(root, "cache"))
-    app, stop = intake_server.load_server().build_service(config, lambda: LockedDatabase(db))
+    locked = LockedDatabase(db)
+    app, stop = intake_server.load_server().build_service(config, lambda: locked)
     client = app.test_client()
     started = time.perf_counter()
     try:
@@ -116,7 +117,7 @@ def run_round(root, docs, timeout):
             if time.perf_counter() - started > timeout:
                 raise BenchmarkError("round not finished after %.0fs" % timeout)
             time.sleep(0.05)
-        return time.perf_counter() - started, db
+        return time.perf_counter() - started, db, locked.busy
     finally:
         stop()
 
@@ -167,12 +168,13 @@ def run(args):
     rules = Rules()
     with tempfile.TemporaryDirectory() as root:
         docs, predictions = prepare(root, args)
-        seconds, db = run_round(root, docs, args.timeout)
+        seconds, db, busy = run_round(root, docs, args.timeout)
         pairs = verify(db, docs, predictions, args.verify, rules)
         failed = db.submissions.count_documents({"processing.state": "failed"})
         board = db.competitions.find_one({"_id": ROUND})["leaderboard"]
     if failed or len(board) != args.users:
         raise BenchmarkError("%d failed, %d leaderboard entries for %d users" % (failed, len(board), args.users))
     fields = {"rows": args.rows, "users": args.users, "store": "mongomock", "seconds": round(seconds, 1),
-              "per_submission_ms": round(seconds * 1e3 / args.users, 1), "verified_pairs": pairs}
+              "per_submission_ms": round(seconds * 1e3 / args.users, 1), "db_busy_s": round(busy, 1),
+              "verified_pairs": pairs}
     return [result("round", fields, seconds * 1e3, baseline_ms(predictions, args.users, rules))]

@@ -232,15 +232,20 @@ class Store:
     def latest_others(self, competition_id, username, created):
         """Everyone else's latest submission created before ``created`` in the round.
 
-        One per other user: ``[{submission_id, username, filename}]``.
+        One per other user: ``[{submission_id, username, filename}]``. A
+        projected ``find`` grouped here rather than an ``$group`` pipeline:
+        the same documents cross the wire, and an in-process stand-in does
+        not copy the whole collection first.
         """
-        pipeline = [
-            {"$match": {"competition_id": int(competition_id), "created": {"$lt": created}, "username": {"$ne": username}}},
-            {"$sort": {"created": -1}},
-            {"$group": {"_id": "$username", "submission_id": {"$first": "$_id"}, "filename": {"$first": "$filename"}}},
-        ]
-        return [{"submission_id": str(row["submission_id"]), "username": row["_id"], "filename": row["filename"]}
-                for row in self.submissions.aggregate(pipeline)]
+        latest = {}
+        for doc in self.submissions.find(
+                {"competition_id": int(competition_id), "created": {"$lt": created}, "username": {"$ne": username}},
+                {"username": 1, "filename": 1, "created": 1}):
+            mine = latest.get(doc["username"])
+            if mine is None or (doc["created"], doc["_id"]) > (mine["created"], mine["_id"]):
+                latest[doc["username"]] = doc
+        return [{"submission_id": str(doc["_id"]), "username": doc["username"], "filename": doc["filename"]}
+                for doc in latest.values()]
 
     # -- recovery -------------------------------------------------------------
     def unfinished(self):
