@@ -29,6 +29,7 @@ import requests
 from bson import ObjectId
 
 from queues import demo
+from queues.local import answers
 from scoring import concordance, consistency, originality
 from scoring.rules import Rules
 
@@ -122,14 +123,7 @@ class Database:
         self.process = None
 
     def answers(self):
-        client = pymongo.MongoClient(self.url, serverSelectionTimeoutMS=300, connectTimeoutMS=300)
-        try:
-            client.admin.command("ping")
-            return True
-        except pymongo.errors.PyMongoError:
-            return False
-        finally:
-            client.close()
+        return answers(self.url, 300)
 
     def start(self, timeout=60):
         assert self.process is None or self.process.poll() is not None, "database already running"

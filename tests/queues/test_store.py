@@ -5,16 +5,13 @@ MongoDB wire server (SecantusDB on a free loopback port), because
 mongomock serialises every operation and so cannot show a race.
 """
 import datetime
-import socket
-import subprocess
-import sys
 import threading
-import time
 
 import pymongo
 import pytest
 from bson import ObjectId
 
+from queues.local import embedded
 from queues.store import (CHECKS, DONE, FAILED, QUEUED, SCORING, STAGE_CHECKS, STAGE_CONSISTENCY, Store,
                           utcnow)
 
@@ -374,43 +371,11 @@ def test_unfinished_returns_queued_and_scoring_oldest_first(store, db):
 
 
 # -- against a real MongoDB wire server ---------------------------------------------
-def _free_port():
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def real_mongo_url(tmp_path_factory):
     """SecantusDB on a free loopback port with its data in a temporary folder."""
-    folder = tmp_path_factory.mktemp("secantus")
-    port = _free_port()
-    url = "mongodb://127.0.0.1:%d" % port
-    with open(folder / "secantus.log", "wb") as log_file:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "secantus", "--host", "127.0.0.1", "--port", str(port),
-             "--storage-path", str(folder / "db"), "--log-level", "WARNING"],
-            stdout=log_file, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
-    try:
-        deadline = time.monotonic() + 30
-        while True:
-            assert process.poll() is None, (folder / "secantus.log").read_text()
-            client = pymongo.MongoClient(url, serverSelectionTimeoutMS=200)
-            try:
-                client.admin.command("ping")
-                break
-            except pymongo.errors.PyMongoError:
-                assert time.monotonic() < deadline, "SecantusDB did not answer in 30s"
-            finally:
-                client.close()
+    with embedded(str(tmp_path_factory.mktemp("secantus"))) as url:
         yield url
-    finally:
-        process.terminate()
-        try:
-            process.wait(10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
 
 
 @pytest.fixture
