@@ -5,6 +5,7 @@ moto's in-process S3) for files; the end-to-end tests in ``tests/e2e``
 use the real servers instead.
 """
 import datetime
+import os
 
 import mongomock
 import numpy as np
@@ -23,6 +24,8 @@ from scoring.originality import PlainIndex
 from scoring.rules import Rules
 
 API_KEY = "test-key-9f8e7d6c5b4a"
+#: The 2017 samples, in the shared/ folder that sits beside a checkout (absent in a bare clone).
+SAMPLES = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "shared", "data")
 ROUND = 41
 
 

@@ -11,8 +11,9 @@ from sklearn.cluster import MiniBatchKMeans
 
 from scoring.concordance import cluster_groups, concordance, fit_clusters
 from scoring.rules import Rules
+from tests.conftest import SAMPLES
 
-DATA = "/work/shared/data"
+DATA = SAMPLES
 TYPES = ("validation", "test", "live")
 PAIRS = (("validation", "test"), ("validation", "live"), ("live", "test"))
 
@@ -60,7 +61,6 @@ def _frozen(*arrays):
 
 
 def generated_round(seed=5):
-    demo = pytest.importorskip("queues.demo")
     return _generated_round(seed)
 
 

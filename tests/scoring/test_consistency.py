@@ -9,8 +9,9 @@ from sklearn.metrics import log_loss
 
 from scoring.consistency import consistency, era_loglosses, logloss
 from scoring.rules import Rules
+from tests.conftest import SAMPLES
 
-DATA = "/work/shared/data"
+DATA = SAMPLES
 EPS = 1e-15
 
 

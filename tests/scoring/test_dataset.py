@@ -8,8 +8,9 @@ import pandas as pd
 import pytest
 
 from scoring.dataset import DatasetError, Tournament, read_tournament, read_training_features
+from tests.conftest import SAMPLES
 
-DATA = "/work/shared/data"
+DATA = SAMPLES
 
 
 def real_path(name):

@@ -8,8 +8,9 @@ import pandas as pd
 import pytest
 
 from scoring.submission import SubmissionError, parse_submission
+from tests.conftest import SAMPLES
 
-DATA = "/work/shared/data"
+DATA = SAMPLES
 STRING_IDS = pd.Index(["n0003aa52cab36c2", "n000920ed083903f", "n0038e640522c4a6", "n004ac94a87dc54b"])
 INT_IDS = pd.Index(["90616", "148473", "72743", "32457"])
 
