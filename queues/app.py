@@ -91,6 +91,7 @@ def summary(doc):
     body = {"submission_id": str(doc["_id"])}
     body.update({field: public(doc.get(field)) for field in fields})
     processing = public(doc.get("processing") or {})
+    processing.pop("batch", None)  # the intake's own bookkeeping
     body["status"] = processing.pop("state", None)
     body["processing"] = processing
     return body

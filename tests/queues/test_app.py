@@ -154,6 +154,7 @@ def test_status_shows_what_is_stored(client, submit, model, store):
     assert body["original"] is None
     assert body["processing"]["attempts"] == 0
     assert body["processing"]["queued_at"].endswith("Z")
+    assert "batch" not in body["processing"]
     assert client.get("/submissions/" + "6" * 24, headers={"X-API-Key": API_KEY}).status_code == 404
     assert client.get("/submissions/nothex", headers={"X-API-Key": API_KEY}).status_code == 400
 
