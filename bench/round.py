@@ -113,7 +113,7 @@ def run_round(root, docs, timeout):
             if answer.status_code != 202:
                 raise BenchmarkError("POST answered %s: %s" % (answer.status_code, answer.get_data()))
         finished = {"processing.state": {"$in": ["done", "failed"]}}
-        while db.submissions.count_documents(finished) < len(docs):
+        while locked.submissions.count_documents(finished) < len(docs):
             if time.perf_counter() - started > timeout:
                 raise BenchmarkError("round not finished after %.0fs" % timeout)
             time.sleep(0.05)

@@ -135,6 +135,9 @@ class Dispatcher(Worker):
         job.doc = doc
         rnd = self.rounds.get(doc["competition_id"])
         values = self.predictions(job, rnd)
+        # Prepared now, while the parsed values are at hand, so later submissions'
+        # originality checks find it instead of reading the file again.
+        self.rounds.prepare(rnd, sid, doc["username"], doc["filename"], values)
         tournament = rnd.tournament
         valid = tournament.validation
         score = consistency.consistency(tournament.eras[valid], tournament.targets[valid], values[valid], self.rules)

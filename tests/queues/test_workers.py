@@ -286,3 +286,18 @@ def test_stages_after_a_restart_load_what_they_need(submit, store, pipeline, sta
     assert doc["concordant"]["value"] == want["concordant"]
     values = parse_submission(rounds.files.submission("alice", doc["filename"]), rounds.get(ROUND).tournament.ids)
     assert sid in rounds.get(ROUND).index and len(values) == len(rounds.get(ROUND).tournament.ids)
+
+
+def test_originality_reads_no_file_the_dispatcher_already_read(submit, store, pipeline, stages, rounds, model):
+    """The dispatcher prepares each submission for originality, so no check re-reads a file."""
+    ids = [submit("alice", model(1)), submit("bob", model(2)), submit("carol", model(3))]
+    for sid in ids:
+        store.accept(sid)
+        assert stages[LEADERBOARD].run(Job(sid)) == "ok"
+        assert sid in rounds.get(ROUND).index
+    reads = []
+    real = rounds.files.submission
+    rounds.files.submission = lambda *args: reads.append(args) or real(*args)
+    drain(pipeline, stages)
+    assert reads == []
+    assert all(store.get(sid)["processing"]["state"] == "done" for sid in ids)
