@@ -116,7 +116,7 @@ def run_round(root, docs, timeout):
         while locked.submissions.count_documents(finished) < len(docs):
             if time.perf_counter() - started > timeout:
                 raise BenchmarkError("round not finished after %.0fs" % timeout)
-            time.sleep(0.05)
+            time.sleep(0.5)
         return time.perf_counter() - started, db, locked.busy
     finally:
         stop()
