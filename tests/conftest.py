@@ -26,6 +26,15 @@ from scoring.rules import Rules
 API_KEY = "test-key-9f8e7d6c5b4a"
 #: The 2017 samples, in the shared/ folder that sits beside a checkout (absent in a bare clone).
 SAMPLES = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "shared", "data")
+
+
+def sample_paths(*names):
+    """Paths of 2017 sample files, skipping the calling test when any is absent."""
+    paths = [os.path.join(SAMPLES, name) for name in names]
+    missing = [path for path in paths if not os.path.exists(path)]
+    if missing:
+        pytest.skip("real 2017 samples not available: %s" % ", ".join(missing))
+    return paths
 ROUND = 41
 
 

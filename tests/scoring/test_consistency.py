@@ -9,7 +9,7 @@ from sklearn.metrics import log_loss
 
 from scoring.consistency import consistency, era_loglosses, logloss
 from scoring.rules import Rules
-from tests.conftest import SAMPLES
+from tests.conftest import SAMPLES, sample_paths
 
 DATA = SAMPLES
 EPS = 1e-15
@@ -207,10 +207,7 @@ def test_consistency_on_generated_round():
 
 
 def test_consistency_on_real_sample():
-    tournament_path = os.path.join(DATA, "sample_tournament.csv.bz2")
-    result_path = os.path.join(DATA, "sample_result.csv.bz2")
-    if not (os.path.exists(tournament_path) and os.path.exists(result_path)):
-        pytest.skip("real samples not available in %s" % DATA)
+    tournament_path, result_path = sample_paths("sample_tournament.csv.bz2", "sample_result.csv.bz2")
     tournament = pd.read_csv(tournament_path, dtype={"id": str})
     result = pd.read_csv(result_path, dtype={"id": str})
     merged = tournament.merge(result, on="id", validate="one_to_one")

@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 
 from scoring.submission import SubmissionError, parse_submission
-from tests.conftest import SAMPLES
+from tests.conftest import SAMPLES, sample_paths
 
 DATA = SAMPLES
 STRING_IDS = pd.Index(["n0003aa52cab36c2", "n000920ed083903f", "n0038e640522c4a6", "n004ac94a87dc54b"])
@@ -57,10 +57,7 @@ def test_generated_round_with_shuffled_file():
 
 
 def test_real_sample_result_is_aligned_to_the_tournament():
-    tournament_path = os.path.join(DATA, "sample_tournament.csv.bz2")
-    result_path = os.path.join(DATA, "sample_result.csv.bz2")
-    if not (os.path.exists(tournament_path) and os.path.exists(result_path)):
-        pytest.skip("real 2017 samples not available in %s" % DATA)
+    tournament_path, result_path = sample_paths("sample_tournament.csv.bz2", "sample_result.csv.bz2")
     tournament = pd.read_csv(tournament_path, dtype={"id": str})
     raw = bz2.open(result_path).read()
     expected = pd.read_csv(io.BytesIO(raw), dtype={"id": str}).set_index("id").loc[tournament["id"], "probability"]
