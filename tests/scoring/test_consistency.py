@@ -1,6 +1,5 @@
 """scoring.consistency against sklearn's log_loss and a plain per-era loop."""
 import math
-import os
 
 import numpy as np
 import pandas as pd
@@ -9,9 +8,8 @@ from sklearn.metrics import log_loss
 
 from scoring.consistency import consistency, era_loglosses, logloss
 from scoring.rules import Rules
-from tests.conftest import SAMPLES, sample_paths
+from tests.conftest import sample_paths
 
-DATA = SAMPLES
 EPS = 1e-15
 
 

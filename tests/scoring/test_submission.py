@@ -1,16 +1,14 @@
 """scoring.submission: files that can be judged come out aligned; the others get a reason."""
 import bz2
 import io
-import os
 
 import numpy as np
 import pandas as pd
 import pytest
 
 from scoring.submission import SubmissionError, parse_submission
-from tests.conftest import SAMPLES, sample_paths
+from tests.conftest import sample_paths
 
-DATA = SAMPLES
 STRING_IDS = pd.Index(["n0003aa52cab36c2", "n000920ed083903f", "n0038e640522c4a6", "n004ac94a87dc54b"])
 INT_IDS = pd.Index(["90616", "148473", "72743", "32457"])
 
