@@ -37,7 +37,7 @@ class Recovery:
         if self.pipeline.in_flight(LEADERBOARD, sid):
             return []
         stages = stages_for(doc)
-        if not stages and self.store.finish_if_complete(doc["_id"]) and self.metrics is not None:
+        if not stages and self.store.settle(doc["_id"]) and self.metrics is not None:
             self.metrics.outcome("done")
         return [stage for stage in stages if self.pipeline.put(stage, Job(sid))]
 

@@ -181,26 +181,34 @@ class Store:
             )
         if error is not None:
             self.set_failed(doc["_id"], error)
+            return False
         return self.finish_if_complete(doc["_id"])
 
     def finish_if_complete(self, oid):
-        """Settle a SCORING submission once neither check is pending (atomic, idempotent).
+        """SCORING becomes DONE once both checks have verdicts (atomic, idempotent).
 
-        It becomes DONE when both checks have verdicts, FAILED when either
-        recorded an error (a crash between writing the errored check and
-        marking the failure leaves exactly that state). Returns True when
-        this call made it DONE.
+        Returns True when this call made it DONE.
         """
-        settled = {"_id": oid, "processing.state": SCORING, "concordant.pending": False, "original.pending": False}
         now = utcnow()
-        done = self.submissions.update_one(
-            dict(settled, **{"concordant.error": {"$exists": False}, "original.error": {"$exists": False}}),
+        return bool(self.submissions.update_one(
+            {"_id": oid, "processing.state": SCORING, "concordant.pending": False, "original.pending": False,
+             "concordant.error": {"$exists": False}, "original.error": {"$exists": False}},
             {"$set": {"processing.state": DONE, "processing.finished_at": now, "processing.updated_at": now}},
-        )
-        if done.modified_count:
+        ).modified_count)
+
+    def settle(self, oid):
+        """For recovery: a SCORING submission with nothing pending becomes DONE, or FAILED.
+
+        FAILED when a check recorded an error: a crash between writing the
+        errored check and marking the failure leaves exactly that state.
+        Returns True when this call made it DONE.
+        """
+        if self.finish_if_complete(oid):
             return True
+        now = utcnow()
         self.submissions.update_one(
-            dict(settled, **{"$or": [{"concordant.error": {"$exists": True}}, {"original.error": {"$exists": True}}]}),
+            {"_id": oid, "processing.state": SCORING, "concordant.pending": False, "original.pending": False,
+             "$or": [{"concordant.error": {"$exists": True}}, {"original.error": {"$exists": True}}]},
             {"$set": {"processing.state": FAILED, "processing.finished_at": now, "processing.updated_at": now}},
         )
         return False
@@ -223,10 +231,11 @@ class Store:
         doc = self.submissions.find_one({"_id": oid}, {"competition_id": 1, "concordant": 1, "original": 1})
         if doc is None:
             return
-        for check in CHECKS:
-            if (doc.get(check) or PENDING).get("pending", True):
-                self.record_check(doc, check, None, error)
-        self.set_failed(oid, error)
+        pending = [check for check in CHECKS if (doc.get(check) or PENDING).get("pending", True)]
+        for check in pending:
+            self.record_check(doc, check, None, error)  # each also marks the submission failed
+        if not pending:
+            self.set_failed(oid, error)
 
     # -- originality ----------------------------------------------------------
     def latest_others(self, competition_id, username, created):
