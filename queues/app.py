@@ -15,7 +15,7 @@ from flask import Flask, Response, jsonify, request
 from werkzeug.exceptions import HTTPException
 
 from queues.intake import Acceptor
-from queues.pipeline import LEADERBOARD, STAGES, Job
+from queues.pipeline import DISPATCH, STAGES, Job
 
 log = logging.getLogger(__name__)
 
@@ -91,7 +91,8 @@ def summary(doc):
     body = {"submission_id": str(doc["_id"])}
     body.update({field: public(doc.get(field)) for field in fields})
     processing = public(doc.get("processing") or {})
-    processing.pop("batch", None)  # the intake's own bookkeeping
+    for internal in ("lease", "board", "fence", "dispatched"):  # the service's own bookkeeping
+        processing.pop(internal, None)
     body["status"] = processing.pop("state", None)
     body["processing"] = processing
     return body
@@ -136,11 +137,11 @@ def create_app(store, pipeline, config, supervisor, metrics):
         # A repeat of a submission this process already holds needs no round trip:
         # the request that queued it recorded that durably, and a worker forgets
         # an id only after its final write.
-        outcome = "already" if pipeline.anywhere(submission_id) else acceptor.accept(submission_id)
+        outcome, token = ("already", None) if pipeline.anywhere(submission_id) else acceptor.accept(submission_id)
         if outcome == "missing":
             raise BadRequest(404, "no submission with id %s" % submission_id)
         if outcome == "queued":
-            pipeline.put(LEADERBOARD, Job(submission_id))
+            pipeline.put(DISPATCH, Job(submission_id, token=token))
             log.info("%s: accepted", submission_id)
         else:
             log.info("%s: already queued; not queued again", submission_id)

@@ -37,7 +37,8 @@ class Config:
     http_threads: int = 16
     mongo_timeout_ms: int = 3000
     stop_timeout: float = 15.0
-    recovery_interval: float = 30.0
+    recovery_interval: float = 10.0
+    lease_seconds: float = 30.0
     rules: Rules = Rules()
 
 
@@ -95,7 +96,7 @@ def from_env(environ=None, use_local=False, local_dir="local"):
         rules = Rules.from_env(environ)
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
-    return Config(
+    config = Config(
         local=use_local,
         port=_number(environ, "PORT", DEFAULT_PORT, most=65535),
         host=environ.get("HOST", "127.0.0.1" if use_local else "0.0.0.0"),
@@ -103,7 +104,11 @@ def from_env(environ=None, use_local=False, local_dir="local"):
         http_threads=_number(environ, "HTTP_THREADS", 16),
         mongo_timeout_ms=_number(environ, "MONGO_TIMEOUT_MS", 3000),
         stop_timeout=_number(environ, "STOP_TIMEOUT", 15.0, float),
-        recovery_interval=_number(environ, "RECOVERY_INTERVAL", 30.0, float),
+        recovery_interval=_number(environ, "RECOVERY_INTERVAL", 10.0, float),
+        lease_seconds=_number(environ, "LEASE_SECONDS", 30.0, float),
         rules=rules,
         **values,
     )
+    if config.lease_seconds < 1:
+        raise ConfigError("LEASE_SECONDS=%r must be at least 1 (a lease is extended every third of it)" % config.lease_seconds)
+    return config

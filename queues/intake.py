@@ -8,15 +8,18 @@ concurrency a batch is a single request and nothing waits.
 """
 import threading
 
+from bson import ObjectId
+
 
 class Ticket:
     """One request's place in a batch."""
 
-    __slots__ = ("submission_id", "answer", "error", "done")
+    __slots__ = ("submission_id", "answer", "token", "error", "done")
 
     def __init__(self, submission_id):
         self.submission_id = submission_id
         self.answer = None
+        self.token = None
         self.error = None
         self.done = False
 
@@ -31,7 +34,10 @@ class Acceptor:
         self._writing = False
 
     def accept(self, submission_id):
-        """'queued', 'already' or 'missing'; re-raises the store's error for this batch."""
+        """``(answer, lease token)``: answer 'queued', 'already' or 'missing'.
+
+        Re-raises the store's error for this batch.
+        """
         ticket = Ticket(submission_id)
         with self._changed:
             self._waiting.append(ticket)
@@ -43,19 +49,32 @@ class Acceptor:
             self._write(batch)
         if ticket.error is not None:
             raise ticket.error
-        return ticket.answer
+        return ticket.answer, ticket.token
 
     def _write(self, batch):
-        """Write one batch (as its leader), then wake everyone waiting."""
+        """Write one batch (as its leader), then wake everyone waiting.
+
+        Whatever happens here, even an exception that is not an
+        ``Exception``, the batch is answered and the next leader may go:
+        otherwise every later request would wait forever.
+        """
+        token = ObjectId()
         answers, error = None, None
         try:
-            answers = self.store.accept_many([ticket.submission_id for ticket in batch])
-        except Exception as exc:  # every request of the batch answers with this error
+            answers = self.store.accept_many([ticket.submission_id for ticket in batch], token)
+        except BaseException as exc:  # every request of the batch answers with this error
             error = exc
-        with self._changed:
-            for number, ticket in enumerate(batch):
-                ticket.answer = answers[number] if answers is not None else None
-                ticket.error = error
-                ticket.done = True
-            self._writing = False
-            self._changed.notify_all()
+        finally:
+            with self._changed:
+                for number, ticket in enumerate(batch):
+                    if answers is not None and number < len(answers):
+                        ticket.answer, ticket.token = answers[number], token
+                    elif isinstance(error, Exception):
+                        ticket.error = error
+                    else:  # interrupted, or answers that do not fit the batch
+                        ticket.error = RuntimeError("the intake could not record this request; send it again")
+                    ticket.done = True
+                self._writing = False
+                self._changed.notify_all()
+        if error is not None and not isinstance(error, Exception):
+            raise error

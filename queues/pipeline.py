@@ -1,39 +1,78 @@
 """The three in-memory queues and what is in flight on them.
 
-The queues are plain ``queue.Queue`` objects; MongoDB remains the record
-of what was accepted. ``Pipeline`` adds one thing: it knows which
-submission ids are waiting or being worked on at each stage, so neither
-a repeated request nor the recovery sweep ever queues one twice.
+The queues are plain ``queue.Queue`` objects; MongoDB decides who owns
+what (see the leases in :mod:`queues.store`). ``Pipeline`` adds one
+thing: it knows which submission ids are waiting or being worked on at
+each stage, so neither a repeated request nor the recovery sweep queues
+one twice in this process, and the lease keeper knows which leases to
+extend.
 """
 import dataclasses
 import queue
 import threading
 import time
-from typing import Optional
+from typing import Any, Optional
 
 import numpy as np
 
-LEADERBOARD, CONCORDANCE, ORIGINALITY = "leaderboard", "concordance", "originality"
-STAGES = (LEADERBOARD, CONCORDANCE, ORIGINALITY)
+#: The stages, by one name each: dispatch (consistency, logloss, leaderboard) then the two checks.
+DISPATCH, CONCORDANCE, ORIGINALITY = "dispatch", "concordance", "originality"
+STAGES = (DISPATCH, CONCORDANCE, ORIGINALITY)
+
+
+class Verdicts:
+    """Where the checks of one claim meet: the last to finish writes them all in one transition."""
+
+    def __init__(self, needed):
+        self.needed = set(needed)
+        self.values = {}
+        self.closed = False
+        self._lock = threading.Lock()
+
+    def add(self, check, value):
+        """Record one verdict; returns every verdict when this one completed the set, else None."""
+        with self._lock:
+            if self.closed:
+                return None
+            self.values[check] = value
+            if self.needed <= self.values.keys():
+                self.closed = True
+                return dict(self.values)
+            return None
+
+    def close(self):
+        """End the meeting early (a failure): the verdicts so far, or None when already closed."""
+        with self._lock:
+            if self.closed:
+                return None
+            self.closed = True
+            return dict(self.values)
 
 
 @dataclasses.dataclass
 class Job:
     """One submission on its way through a stage.
 
-    ``doc`` and ``predictions`` are carried from the dispatcher so the
-    checks need not read them again; after a restart they are None and
-    the stage loads them itself.
+    ``token`` is the intake's lease, exchanged for a :class:`~queues.store.Claim`
+    by the dispatcher; the claim, the parsed predictions and the checks'
+    meeting point travel with the job so later stages need not read them again.
     """
 
     submission_id: str
-    doc: Optional[dict] = None
+    token: Any = None
+    claim: Any = None
     predictions: Optional[np.ndarray] = None
+    verdicts: Optional[Verdicts] = None
     enqueued: float = dataclasses.field(default_factory=time.monotonic)
+
+    @property
+    def lease(self):
+        """The lease token this job holds right now."""
+        return self.claim.token if self.claim is not None else self.token
 
 
 class Pipeline:
-    """Queues by stage plus the set of ids in flight at each."""
+    """Queues by stage plus the jobs in flight at each."""
 
     def __init__(self, stop=None):
         self.stop = stop or threading.Event()
@@ -46,14 +85,15 @@ class Pipeline:
         with self._lock:
             if job.submission_id in self._in_flight[stage]:
                 return False
-            self._in_flight[stage][job.submission_id] = job.enqueued
+            self._in_flight[stage][job.submission_id] = job
         self.queues[stage].put(job)
         return True
 
     def done(self, stage, job):
         """Forget ``job`` at ``stage`` once a worker has finished with it."""
         with self._lock:
-            self._in_flight[stage].pop(job.submission_id, None)
+            if self._in_flight[stage].get(job.submission_id) is job:
+                del self._in_flight[stage][job.submission_id]
 
     def in_flight(self, stage, submission_id):
         with self._lock:
@@ -62,7 +102,12 @@ class Pipeline:
     def anywhere(self, submission_id):
         """True while the id is waiting or in work at any stage of this process."""
         with self._lock:
-            return any(submission_id in ids for ids in self._in_flight.values())
+            return any(submission_id in jobs for jobs in self._in_flight.values())
+
+    def tokens(self):
+        """The lease tokens of every job in flight (what the lease keeper extends)."""
+        with self._lock:
+            return {job.lease for jobs in self._in_flight.values() for job in jobs.values() if job.lease is not None}
 
     def depth(self, stage):
         """Items in flight at a stage (waiting or being worked on)."""
@@ -72,5 +117,5 @@ class Pipeline:
     def oldest_age(self, stage):
         """Seconds the oldest in-flight item of a stage has waited, 0 when none."""
         with self._lock:
-            times = list(self._in_flight[stage].values())
+            times = [job.enqueued for job in self._in_flight[stage].values()]
         return time.monotonic() - min(times) if times else 0.0

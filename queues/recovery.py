@@ -1,55 +1,78 @@
-"""Puts accepted-but-unfinished submissions back on the right queue.
+"""Recovery: claim whatever nobody holds, and keep this process's leases alive.
 
-Runs once at start (work a killed server left behind) and then every
-``interval`` seconds (work a worker gave up on during an outage). The
-document says where each submission stopped; the pipeline's in-flight
-set keeps the sweep from queueing anything twice.
+The sweep runs once at start and then every ``interval`` seconds. It
+claims submissions that are active but unleased or whose lease expired
+(a server was killed, or gave up during an outage) and queues them for
+the dispatcher, which carries each on from where its document says it
+stopped. At start it also takes back leases held by earlier processes of
+this same server (same host and port) that are no longer running, so a
+restart does not wait for them to expire. It re-touches leaderboard
+entries whose change a crash left unconfirmed.
+
+The keeper extends the lease of every job in this process's queues a few
+times per lease period, in one write for all of them.
 """
 import logging
+import os
 
-from queues.pipeline import CONCORDANCE, LEADERBOARD, ORIGINALITY, Job
-from queues.store import QUEUED, STAGE_CHECKS
+from queues.pipeline import DISPATCH, Job
 
 log = logging.getLogger(__name__)
 
+#: At most this many submissions waiting in this process's dispatch queue
+#: after a sweep, so that several servers share a backlog.
+SWEEP_BATCH = 200
 
-def stages_for(doc):
-    """The stages a document still needs, judged from what it records."""
-    processing = doc.get("processing") or {}
-    if processing.get("state") == QUEUED or processing.get("stage") != STAGE_CHECKS:
-        return [LEADERBOARD]
-    return [stage for stage, check in ((CONCORDANCE, "concordant"), (ORIGINALITY, "original"))
-            if (doc.get(check) or {}).get("pending", True)]
+
+def process_alive(pid):
+    """True when a process with this id runs on this machine."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 class Recovery:
     """The sweep, and a loop that repeats it."""
 
-    def __init__(self, pipeline, store, interval, metrics=None):
+    def __init__(self, pipeline, store, interval, metrics=None, board=None, members=None,
+                 owner_prefix=None, batch=SWEEP_BATCH, alive=process_alive):
         self.pipeline = pipeline
         self.store = store
         self.interval = interval
         self.metrics = metrics
-
-    def route(self, doc):
-        """Queue one unfinished document where it stopped; return the stages queued."""
-        sid = str(doc["_id"])
-        if self.pipeline.in_flight(LEADERBOARD, sid):
-            return []
-        stages = stages_for(doc)
-        if not stages and self.store.settle(doc["_id"]) and self.metrics is not None:
-            self.metrics.outcome("done")
-        return [stage for stage in stages if self.pipeline.put(stage, Job(sid))]
+        self.board = board
+        self.members = members
+        self.owner_prefix = owner_prefix
+        self.batch = batch
+        self.alive = alive
+        self.orphans = None
 
     def sweep(self):
-        """One pass over the unfinished submissions; returns how many were queued."""
-        queued = 0
-        for doc in self.store.unfinished():
-            stages = self.route(doc)
-            if stages:
-                log.info("%s: recovered onto %s", doc["_id"], ", ".join(stages))
-                queued += 1
-        return queued
+        """One pass: claim what nobody holds and queue it; returns how many were claimed."""
+        if self.orphans is None and self.owner_prefix:
+            self.orphans = self.store.orphaned_owners(self.owner_prefix, self.alive)
+            if self.orphans:
+                log.info("taking back the leases of this server's earlier processes: %s", ", ".join(self.orphans))
+        room = self.batch - self.pipeline.depth(DISPATCH)
+        claimed = 0
+        if room > 0:
+            for sid, owner in self.store.claimable(room, self.orphans or ()):
+                if self.pipeline.anywhere(sid):
+                    continue
+                claim = self.store.claim(sid, owner=owner if owner in (self.orphans or ()) else None)
+                if claim is not None and self.pipeline.put(DISPATCH, Job(sid, claim=claim)):
+                    log.info("%s: recovered (attempt %s)", sid, claim.doc["processing"].get("attempts"))
+                    claimed += 1
+        if self.board is not None:
+            for competition_id, username in self.store.stamped(10 * self.batch):
+                self.board.touch(competition_id, username)
+        if self.members is not None:
+            self.members.forget()
+        return claimed
 
     def loop(self):
         """Sweep now and then every ``interval`` seconds until stopped."""
@@ -60,3 +83,23 @@ class Recovery:
                 log.warning("recovery sweep failed (%s: %s); next try in %.0fs", type(exc).__name__, exc, self.interval)
             if self.pipeline.stop.wait(self.interval):
                 return
+
+
+class LeaseKeeper:
+    """Extends the leases of this process's jobs every ``period`` seconds."""
+
+    def __init__(self, pipeline, store, period):
+        self.pipeline = pipeline
+        self.store = store
+        self.period = period
+
+    def keep(self):
+        """One extension of every lease in flight; returns how many documents it reached."""
+        return self.store.extend(self.pipeline.tokens())
+
+    def loop(self):
+        while not self.pipeline.stop.wait(self.period):
+            try:
+                self.keep()
+            except Exception as exc:  # the database may be away; leases that expire are re-claimed
+                log.warning("could not extend leases (%s: %s)", type(exc).__name__, exc)

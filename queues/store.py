@@ -1,12 +1,33 @@
-"""The MongoDB documents the tournament backend shares with us.
+"""The submission's state machine, kept in the MongoDB documents the backend shares with us.
 
-A thin wrapper over a pymongo ``Database``: each method is one or two
-atomic updates, so a crash between any two calls leaves documents that
-recovery can finish, and concurrent writers never duplicate a
-leaderboard entry. MongoDB is the record of truth for what was accepted.
+This module names the states and holds every transition. Each transition
+is ONE conditional ``update_one`` on the submission document that writes
+the step's whole outcome and moves the state together, so a crash at any
+instant leaves either the state before the step or the state after it:
+
+    (backend inserts)  --accept-->  QUEUED  --dispatched-->  SCORING  --judged-->  DONE
+                                       |                        |
+                                       +--------failed----------+------------->  FAILED
+
+Work is owned through a lease in ``processing.lease``: ``{owner, token,
+expires}``. ``claim`` takes a submission whose lease is absent or expired
+and gives it a fresh token (``processing.fence`` counts claims); every
+later write of that work is conditioned on the token, so a stale worker
+(a paused thread, a killed-and-restarted process, a slow retry) can
+never overwrite a newer one. A write that matches nothing raises
+:class:`LeaseLost`.
+
+Every transition that can change what the round's leaderboard shows
+also stamps ``processing.board`` with a fresh id; the leaderboard writer
+clears the stamp once the entry is in line, so a crash between the two
+is found and finished by the recovery sweep.
 """
+import dataclasses
 import datetime
 import logging
+import os
+import socket
+import threading
 
 import pymongo
 from bson import ObjectId
@@ -14,10 +35,17 @@ from bson import ObjectId
 log = logging.getLogger(__name__)
 
 QUEUED, SCORING, DONE, FAILED = "queued", "scoring", "done", "failed"
-#: Stage within SCORING: consistency first, then the two checks.
-STAGE_CONSISTENCY, STAGE_CHECKS = "consistency", "checks"
+#: States in which a submission still has work to do.
+ACTIVE = (QUEUED, SCORING)
 CHECKS = ("concordant", "original")
 PENDING = {"pending": True}
+#: Fields of a submission the leaderboard is built from.
+BOARD_FIELDS = {"username": 1, "created": 1, "consistency": 1, "validationLogloss": 1,
+                "concordant": 1, "original": 1, "processing.dispatched": 1, "processing.board": 1}
+
+
+class LeaseLost(Exception):
+    """A write found its lease gone: someone else owns the submission now."""
 
 
 def utcnow():
@@ -26,46 +54,97 @@ def utcnow():
     return now.replace(microsecond=now.microsecond // 1000 * 1000)
 
 
-class Store:
-    """Submissions, competitions and users in one database."""
+def owner_name(port=0):
+    """Who holds a lease: host, port and process id, so a restart can tell its own dead leases."""
+    return "%s:%s:%d" % (socket.gethostname(), port, os.getpid())
 
-    def __init__(self, db):
+
+def is_pending(doc, check):
+    """A check counts as pending unless the document records a verdict for it."""
+    return (doc.get(check) or PENDING).get("pending", True)
+
+
+def verdict(value, error=None):
+    """A check's field as the backend reads it."""
+    found = {"pending": False, "value": value}
+    if error is not None:
+        found["error"] = error
+    return found
+
+
+@dataclasses.dataclass
+class Claim:
+    """A lease on one submission: its fencing token and the document as claimed.
+
+    ``pending`` is the set of checks still to judge under this claim (empty
+    until the submission is dispatched).
+    """
+
+    doc: dict
+    token: ObjectId
+
+    def __post_init__(self):
+        self.pending = set(check for check in CHECKS if is_pending(self.doc, check)) if self.dispatched else set(CHECKS)
+
+    @property
+    def oid(self):
+        return self.doc["_id"]
+
+    @property
+    def submission_id(self):
+        return str(self.doc["_id"])
+
+    @property
+    def dispatched(self):
+        processing = self.doc.get("processing") or {}
+        return processing.get("state") == SCORING and bool(processing.get("dispatched"))
+
+
+class Store:
+    """Submissions, competitions and users in one database; ``owner`` names this process's leases."""
+
+    def __init__(self, db, owner=None, lease_seconds=30.0):
         self.db = db
         self.submissions = db.submissions
         self.competitions = db.competitions
         self.users = db.users
+        self.owner = owner or owner_name()
+        self.lease_seconds = lease_seconds
+
+    def _lease(self, token, now):
+        return {"owner": self.owner, "token": token,
+                "expires": now + datetime.timedelta(seconds=self.lease_seconds)}
+
+    def _held(self, claim):
+        """The filter every write of a claimed step carries: the claim's token still holds."""
+        return {"_id": claim.oid, "processing.lease.token": claim.token}
 
     # -- intake -------------------------------------------------------------
-    def accept(self, submission_id):
-        """Record that a submission is queued; return 'queued', 'already' or 'missing'."""
-        return self.accept_many([submission_id])[0]
-
-    def accept_many(self, submission_ids):
-        """Record a batch of submissions as queued; one answer per id.
+    def accept_many(self, submission_ids, token):
+        """Record a batch of submissions as queued and leased to this process; one answer per id.
 
         Only documents not already queued or being scored move to QUEUED,
-        in one conditional ``update_many`` that also stamps them with a
-        token unique to this batch. When it moved every id, that is the
-        whole answer (one round trip); otherwise reading the tokens back
-        tells which ids this call queued ('queued'), which were in the
-        pipeline already ('already') and which do not exist ('missing').
-        An id repeated within the batch is queued once; repeats say 'already'.
+        in one conditional ``update_many`` that stamps them with ``token``
+        (the batch's lease). When it moved every id, that is the whole
+        answer (one round trip); otherwise reading the tokens back tells
+        which ids this call queued ('queued'), which were in the pipeline
+        already ('already') and which do not exist ('missing'). An id
+        repeated within the batch is queued once; repeats say 'already'.
         """
         oids = [ObjectId(sid) for sid in submission_ids]
-        unique = set(oids)
-        token = ObjectId()
+        unique = list(dict.fromkeys(oids))
         now = utcnow()
         moved = self.submissions.update_many(
-            {"_id": {"$in": list(unique)}, "processing.state": {"$nin": [QUEUED, SCORING]}},
-            {"$set": {"processing.state": QUEUED, "processing.stage": STAGE_CONSISTENCY,
-                      "processing.queued_at": now, "processing.updated_at": now,
-                      "processing.attempts": 0, "processing.error": None, "processing.batch": token}},
+            {"_id": {"$in": unique}, "processing.state": {"$nin": list(ACTIVE)}},
+            {"$set": {"processing.state": QUEUED, "processing.queued_at": now, "processing.updated_at": now,
+                      "processing.attempts": 0, "processing.error": None, "processing.lease": self._lease(token, now)},
+             "$inc": {"processing.fence": 1}},
         ).modified_count
         if moved == len(unique):  # the usual case: every id was new to the pipeline
             found = dict.fromkeys(unique, True)
         else:
-            found = {doc["_id"]: (doc.get("processing") or {}).get("batch") == token
-                     for doc in self.submissions.find({"_id": {"$in": list(unique)}}, {"processing.batch": 1})}
+            found = {doc["_id"]: ((doc.get("processing") or {}).get("lease") or {}).get("token") == token
+                     for doc in self.submissions.find({"_id": {"$in": unique}}, {"processing.lease.token": 1})}
         answers, seen = [], set()
         for oid in oids:
             if oid not in found:
@@ -85,186 +164,244 @@ class Store:
         """Raise unless the database answers."""
         self.db.command("ping")
 
-    # -- dispatcher ---------------------------------------------------------
-    def begin(self, submission_id):
-        """Move a QUEUED submission into SCORING and mark both checks pending.
+    # -- leases ---------------------------------------------------------------
+    def claim(self, submission_id, token=None, owner=None):
+        """Lease an active submission to this process; the :class:`Claim`, or None.
 
-        Also takes a submission whose dispatch was interrupted (SCORING at the
-        consistency stage). Returns the document after the update, or None
-        when there is nothing to dispatch: the document is gone, or it is
-        already past this stage (a stale recovery read must not re-score a
-        finished submission). Marking the checks here, with the state, means
-        a crash at any later point leaves a document that says exactly what
-        is unfinished.
+        Takes it when it has no lease, when its lease has expired, when
+        ``token`` is the lease it already carries (the intake's), or when
+        ``owner`` holds it (a dead process of this server's, see
+        :meth:`orphaned_owners`). One round trip, which also reads the
+        document the work needs.
         """
         now = utcnow()
-        return self.submissions.find_one_and_update(
-            {"_id": ObjectId(submission_id),
-             "$or": [{"processing.state": QUEUED},
-                     {"processing.state": SCORING, "processing.stage": STAGE_CONSISTENCY}]},
-            {"$set": {"processing.state": SCORING, "processing.stage": STAGE_CONSISTENCY,
-                      "processing.started_at": now, "processing.updated_at": now,
-                      "concordant": PENDING, "original": PENDING},
-             "$inc": {"processing.attempts": 1}},
+        held = [{"processing.lease": None}, {"processing.lease.expires": {"$lt": now}}]
+        if token is not None:
+            held.append({"processing.lease.token": token})
+        if owner is not None:
+            held.append({"processing.lease.owner": owner})
+        fresh = ObjectId()
+        doc = self.submissions.find_one_and_update(
+            {"_id": ObjectId(submission_id), "processing.state": {"$in": list(ACTIVE)}, "$or": held},
+            {"$set": {"processing.lease": self._lease(fresh, now), "processing.updated_at": now},
+             "$inc": {"processing.fence": 1, "processing.attempts": 1}},
             return_document=pymongo.ReturnDocument.AFTER,
         )
+        return None if doc is None else Claim(doc, fresh)
 
-    def record_consistency(self, doc, consistency, logloss):
-        """Write consistency, and logloss where the backend gave none."""
-        fields = {"consistency": consistency, "processing.updated_at": utcnow()}
-        if doc.get("validationLogloss") is None:
+    def extend(self, tokens):
+        """Push back the expiry of every lease in ``tokens`` (one write for all); returns how many."""
+        if not tokens:
+            return 0
+        now = utcnow()
+        return self.submissions.update_many(
+            {"processing.lease.token": {"$in": list(tokens)}},
+            {"$set": {"processing.lease.expires": now + datetime.timedelta(seconds=self.lease_seconds)}},
+        ).modified_count
+
+    def release(self, tokens):
+        """Give leases up now (shutting down, or giving up for a while): anyone may claim them."""
+        if tokens:
+            self.submissions.update_many({"processing.lease.token": {"$in": list(tokens)}},
+                                         {"$set": {"processing.lease.expires": utcnow()}})
+
+    def claimable(self, limit, owners=()):
+        """Ids of active submissions nobody holds (or held by ``owners``), oldest first."""
+        now = utcnow()
+        free = [{"processing.lease": None}, {"processing.lease.expires": {"$lt": now}}]
+        if owners:
+            free.append({"processing.lease.owner": {"$in": list(owners)}})
+        found = self.submissions.find({"processing.state": {"$in": list(ACTIVE)}, "$or": free},
+                                      {"created": 1, "processing.lease.owner": 1}).sort("created", 1).limit(limit)
+        return [(str(doc["_id"]), ((doc.get("processing") or {}).get("lease") or {}).get("owner")) for doc in found]
+
+    def orphaned_owners(self, prefix, alive):
+        """Lease owners named ``prefix`` + pid whose process is not ``alive(pid)``: a restart's dead self."""
+        owners = self.submissions.distinct("processing.lease.owner", {"processing.state": {"$in": list(ACTIVE)}})
+        dead = []
+        for owner in owners:
+            if isinstance(owner, str) and owner.startswith(prefix) and owner != self.owner:
+                pid = owner[len(prefix):]
+                if pid.isdigit() and not alive(int(pid)):
+                    dead.append(owner)
+        return dead
+
+    # -- transitions ----------------------------------------------------------
+    def _write(self, claim, fields, unset=None):
+        """One conditional update under the claim's lease; LeaseLost when it no longer holds."""
+        update = {"$set": fields}
+        if unset:
+            update["$unset"] = dict.fromkeys(unset, "")
+        if not self.submissions.update_one(self._held(claim), update).matched_count:
+            raise LeaseLost("%s: the lease was taken over; this worker's result is dropped" % claim.submission_id)
+
+    def dispatched(self, claim, consistency, logloss):
+        """QUEUED -> SCORING: consistency, logloss where the backend gave none, both checks pending."""
+        now = utcnow()
+        fields = {"consistency": consistency, "concordant": PENDING, "original": PENDING,
+                  "processing.state": SCORING, "processing.dispatched": True, "processing.dispatched_at": now,
+                  "processing.updated_at": now, "processing.board": ObjectId(),
+                  "processing.lease.expires": now + datetime.timedelta(seconds=self.lease_seconds)}
+        if claim.doc.get("validationLogloss") is None:
             fields["validationLogloss"] = logloss
-        self.submissions.update_one({"_id": doc["_id"]}, {"$set": fields})
+        self._write(claim, fields)
+        claim.doc.update(consistency=consistency, concordant=PENDING, original=PENDING)
+        claim.doc.setdefault("validationLogloss", logloss)
+        claim.doc["processing"].update(state=SCORING, dispatched=True)
+        claim.pending = set(CHECKS)
 
-    def career_earnings(self, username):
-        """The user's career earnings, zeros when the user has none recorded."""
-        user = self.users.find_one({"username": username}, {"earnings.career": 1}) or {}
-        career = (user.get("earnings") or {}).get("career") or {}
-        return {"usd": career.get("usd", 0), "nmr": career.get("nmr", 0)}
+    def judged(self, claim, verdicts):
+        """SCORING -> DONE: every check still pending under the claim gets its verdict at once."""
+        missing = claim.pending - set(verdicts)
+        if missing:
+            raise ValueError("judged() needs a verdict for %s" % ", ".join(sorted(missing)))
+        now = utcnow()
+        fields = {check: verdict(value) for check, value in verdicts.items()}
+        fields.update({"processing.state": DONE, "processing.finished_at": now, "processing.updated_at": now,
+                       "processing.board": ObjectId()})
+        self._write(claim, fields, unset=["processing.lease"])
 
-    def update_leaderboard(self, doc, consistency, logloss):
-        """Point the user's single leaderboard entry at this submission.
+    def failed(self, claim, reason, verdicts=None):
+        """QUEUED or SCORING -> FAILED with ``reason``; no check is left pending.
 
-        Updates the entry in place when the user has one; otherwise pushes
-        a new one guarded by "no entry for this user yet". Both steps are
-        atomic conditional updates, so racing writers end with one entry.
-        """
-        competition_id = int(doc["competition_id"])
-        username = doc["username"]
-        self.competitions.update_one({"_id": competition_id}, {"$setOnInsert": {"leaderboard": []}}, upsert=True)
-        scores = {"validation": logloss, "consistency": consistency}
-        for _ in range(5):
-            updated = self.competitions.update_one(
-                {"_id": competition_id, "leaderboard.username": username},
-                {"$set": {"leaderboard.$.submission_id": doc["_id"], "leaderboard.$.logloss": scores,
-                          "leaderboard.$.concordant": PENDING, "leaderboard.$.original": PENDING}},
-            )
-            if updated.matched_count:
-                return
-            entry = {"username": username, "submission_id": doc["_id"],
-                     "earnings": {"career": self.career_earnings(username), "competition": {"usd": 0, "nmr": 0}},
-                     "logloss": scores, "concordant": PENDING, "original": PENDING}
-            pushed = self.competitions.update_one(
-                {"_id": competition_id, "leaderboard.username": {"$ne": username}},
-                {"$push": {"leaderboard": entry}},
-            )
-            if pushed.matched_count:
-                return
-        raise RuntimeError("leaderboard entry for %s kept changing under us" % username)
-
-    def enter_checks(self, doc):
-        """Dispatch is complete: from here on the checks own the submission.
-
-        Written last by the dispatcher, so a retry or a recovery at any
-        earlier point dispatches again (every dispatcher write is idempotent).
-        """
-        self.submissions.update_one({"_id": doc["_id"], "processing.state": SCORING},
-                                    {"$set": {"processing.stage": STAGE_CHECKS, "processing.updated_at": utcnow()}})
-
-    # -- checks -------------------------------------------------------------
-    def record_check(self, doc, check, value, error=None):
-        """Write one check's verdict to the submission and its leaderboard entry.
-
-        ``value`` None with an ``error`` records a check that could not be
-        judged. Then, if no check is pending any more, the submission is done
-        (or failed, when a check failed). Returns True when this call
-        finished the submission.
-        """
-        verdict = {"pending": False, "value": value}
-        if error is not None:
-            verdict["error"] = error
-        self.submissions.update_one({"_id": doc["_id"]}, {"$set": {check: verdict, "processing.updated_at": utcnow()}})
-        if doc.get("competition_id") is not None:
-            self.competitions.update_one(
-                {"_id": int(doc["competition_id"]), "leaderboard": {"$elemMatch": {"submission_id": doc["_id"]}}},
-                {"$set": {"leaderboard.$." + check: verdict}},
-            )
-        if error is not None:
-            self.set_failed(doc["_id"], error)
-            return False
-        return self.finish_if_complete(doc["_id"])
-
-    def finish_if_complete(self, oid):
-        """SCORING becomes DONE once both checks have verdicts (atomic, idempotent).
-
-        Returns True when this call made it DONE.
+        Verdicts reached under the claim are kept; every other pending
+        check records the reason. A submission that fails before dispatch
+        is no longer a leaderboard candidate.
         """
         now = utcnow()
-        return bool(self.submissions.update_one(
-            {"_id": oid, "processing.state": SCORING, "concordant.pending": False, "original.pending": False,
-             "concordant.error": {"$exists": False}, "original.error": {"$exists": False}},
-            {"$set": {"processing.state": DONE, "processing.finished_at": now, "processing.updated_at": now}},
-        ).modified_count)
-
-    def settle(self, oid):
-        """For recovery: a SCORING submission with nothing pending becomes DONE, or FAILED.
-
-        FAILED when a check recorded an error: a crash between writing the
-        errored check and marking the failure leaves exactly that state.
-        Returns True when this call made it DONE.
-        """
-        if self.finish_if_complete(oid):
-            return True
-        now = utcnow()
-        self.submissions.update_one(
-            {"_id": oid, "processing.state": SCORING, "concordant.pending": False, "original.pending": False,
-             "$or": [{"concordant.error": {"$exists": True}}, {"original.error": {"$exists": True}}]},
-            {"$set": {"processing.state": FAILED, "processing.finished_at": now, "processing.updated_at": now}},
-        )
-        return False
-
-    def set_failed(self, oid, error):
-        """Mark the submission FAILED with a reason."""
-        now = utcnow()
-        self.submissions.update_one(
-            {"_id": oid},
-            {"$set": {"processing.state": FAILED, "processing.error": error,
-                      "processing.finished_at": now, "processing.updated_at": now}},
-        )
-
-    def fail(self, submission_id, error):
-        """End a submission as failed: every pending check gets the reason.
-
-        Checks already judged keep their verdicts; nothing stays pending.
-        """
-        oid = ObjectId(submission_id)
-        doc = self.submissions.find_one({"_id": oid}, {"competition_id": 1, "concordant": 1, "original": 1})
-        if doc is None:
-            return
-        pending = [check for check in CHECKS if (doc.get(check) or PENDING).get("pending", True)]
-        for check in pending:
-            self.record_check(doc, check, None, error)  # each also marks the submission failed
-        if not pending:
-            self.set_failed(oid, error)
+        verdicts = verdicts or {}
+        fields = {"processing.state": FAILED, "processing.error": reason, "processing.finished_at": now,
+                  "processing.updated_at": now, "processing.board": ObjectId()}
+        for check in CHECKS:
+            if check in verdicts:
+                fields[check] = verdict(verdicts[check])
+            elif not claim.dispatched or check in claim.pending:
+                fields[check] = verdict(None, reason)
+        if not claim.dispatched:
+            fields["processing.dispatched"] = False
+        self._write(claim, fields, unset=["processing.lease"])
 
     # -- originality ----------------------------------------------------------
-    def latest_others(self, competition_id, username, created):
-        """Everyone else's latest submission created before ``created`` in the round.
+    def new_members(self, competition_id, known):
+        """Submissions of the round not among ``known`` ids: ``[{_id, username, filename, created}]``.
 
-        One per other user: ``[{submission_id, username, filename}]``. A
-        projected ``find`` grouped here rather than an ``$group`` pipeline:
-        the same documents cross the wire, and an in-process stand-in does
-        not copy the whole collection first.
+        One projected query whose answer holds only what is new, so a
+        round's originality checks do not read every other user's document
+        each time, yet see every submission inserted before they start.
         """
-        latest = {}
-        for doc in self.submissions.find(
-                {"competition_id": int(competition_id), "created": {"$lt": created}, "username": {"$ne": username}},
-                {"username": 1, "filename": 1, "created": 1}):
-            mine = latest.get(doc["username"])
-            if mine is None or (doc["created"], doc["_id"]) > (mine["created"], mine["_id"]):
-                latest[doc["username"]] = doc
-        return [{"submission_id": str(doc["_id"]), "username": doc["username"], "filename": doc["filename"]}
-                for doc in latest.values()]
+        return list(self.submissions.find(
+            {"competition_id": int(competition_id), "_id": {"$nin": list(known)}},
+            {"username": 1, "filename": 1, "created": 1}))
 
-    # -- recovery -------------------------------------------------------------
-    def unfinished(self):
-        """Accepted submissions not yet done or failed, oldest first."""
-        return self.submissions.find(
-            {"processing.state": {"$in": [QUEUED, SCORING]}},
-            {"processing": 1, "concordant": 1, "original": 1, "created": 1},
-        ).sort("created", 1)
+    # -- leaderboard ------------------------------------------------------------
+    def board_candidates(self, competition_id, usernames):
+        """The users' submissions that passed dispatch or carry a leaderboard stamp."""
+        return list(self.submissions.find(
+            {"competition_id": int(competition_id), "username": {"$in": list(usernames)},
+             "$or": [{"processing.dispatched": True}, {"processing.board": {"$exists": True}}]},
+            BOARD_FIELDS))
+
+    def board_entries(self, competition_id):
+        """``{username: entry}`` of the round's leaderboard, or None when there is no document."""
+        doc = self.competitions.find_one({"_id": int(competition_id)}, {"leaderboard": 1})
+        if doc is None:
+            return None
+        return {entry.get("username"): entry for entry in doc.get("leaderboard") or []}
+
+    def ensure_competition(self, competition_id):
+        self.competitions.update_one({"_id": int(competition_id)}, {"$setOnInsert": {"leaderboard": []}}, upsert=True)
+
+    def push_entries(self, competition_id, entries):
+        """Add entries for users that have none, all or nothing; True when written."""
+        names = [entry["username"] for entry in entries]
+        return bool(self.competitions.update_one(
+            {"_id": int(competition_id), "leaderboard.username": {"$nin": names}},
+            {"$push": {"leaderboard": {"$each": entries}}},
+        ).matched_count)
+
+    def swap_entries(self, competition_id, changes):
+        """Compare-and-set many entries in one write.
+
+        ``changes`` is ``[(username, expected, new)]``: the entry's owned
+        fields as last read, and the values to give them. An entry that
+        changed since it was read is left alone (the caller re-reads and
+        tries again), so replaying a write, or a writer working from an
+        older read, can never move an entry backwards.
+        """
+        fields, filters = {}, []
+        for number, (username, expected, new) in enumerate(changes):
+            name = "e%d" % number
+            condition = {"%s.username" % name: username}
+            condition.update({"%s.%s" % (name, key): value for key, value in expected.items()})
+            filters.append(condition)
+            fields.update({"leaderboard.$[%s].%s" % (name, key): value for key, value in new.items()})
+        self.competitions.update_one({"_id": int(competition_id)}, {"$set": fields}, array_filters=filters)
+
+    def career_earnings(self, usernames):
+        """``{username: {usd, nmr}}`` career earnings, zeros for users with none recorded."""
+        found = {doc["username"]: ((doc.get("earnings") or {}).get("career") or {})
+                 for doc in self.users.find({"username": {"$in": list(usernames)}}, {"username": 1, "earnings.career": 1})}
+        return {name: {"usd": found.get(name, {}).get("usd", 0), "nmr": found.get(name, {}).get("nmr", 0)}
+                for name in usernames}
+
+    def clear_board_stamps(self, stamps):
+        """Clear leaderboard stamps ``[(oid, stamp)]`` unless a newer transition re-stamped them."""
+        if stamps:
+            self.submissions.update_many(
+                {"$or": [{"_id": oid, "processing.board": stamp} for oid, stamp in stamps]},
+                {"$unset": {"processing.board": ""}})
+
+    def stamped(self, limit):
+        """``(competition_id, username)`` of submissions whose leaderboard change is not yet confirmed."""
+        found = self.submissions.find({"processing.board": {"$exists": True}}, {"competition_id": 1, "username": 1}).limit(limit)
+        return {(doc["competition_id"], doc["username"]) for doc in found
+                if doc.get("competition_id") is not None and doc.get("username")}
 
     def ensure_indexes(self):
-        """Indexes for recovery and for the originality query."""
-        self.submissions.create_index([("processing.state", 1)])
-        self.submissions.create_index([("competition_id", 1), ("created", -1)])
+        """Indexes for the recovery sweep, the leaderboard and originality's round query."""
+        self.submissions.create_index([("processing.state", 1), ("created", 1)])
+        self.submissions.create_index([("processing.lease.token", 1)], sparse=True)
+        self.submissions.create_index([("processing.board", 1)], sparse=True)
+        self.submissions.create_index([("competition_id", 1), ("username", 1)])
+        self.submissions.create_index([("competition_id", 1), ("_id", 1)])
+
+
+class RoundMembers:
+    """Each round's submissions (id, user, file, created), read once and then only what is new."""
+
+    def __init__(self, store):
+        self.store = store
+        self._rounds = {}
+        self._locks = {}
+        self._lock = threading.Lock()
+
+    def latest_others(self, competition_id, username, created):
+        """Everyone else's latest submission created before ``created``, one per other user.
+
+        ``[{submission_id, username, filename}]``; the latest by ``created``,
+        then ``_id``. Reads the round's new documents first, so the answer
+        is that of a fresh query at this instant.
+        """
+        competition_id = int(competition_id)
+        with self._lock:
+            gate = self._locks.setdefault(competition_id, threading.Lock())
+        with gate:
+            members = self._rounds.setdefault(competition_id, {})
+            for doc in self.store.new_members(competition_id, members.keys()):
+                members[doc["_id"]] = doc
+            rows = list(members.values())
+        latest = {}
+        for doc in rows:
+            name = doc.get("username")
+            if name == username or doc.get("created") is None or not doc["created"] < created:
+                continue
+            mine = latest.get(name)
+            if mine is None or (doc["created"], doc["_id"]) > (mine["created"], mine["_id"]):
+                latest[name] = doc
+        return [{"submission_id": str(doc["_id"]), "username": doc["username"], "filename": doc.get("filename")}
+                for doc in latest.values()]
+
+    def forget(self):
+        """Drop every cached round (the sweep does, so deleted documents leave too)."""
+        with self._lock:
+            self._rounds.clear()

@@ -1,9 +1,12 @@
 """The pipeline stages: one class per queue, each with one ``loop``.
 
-A worker takes a job, does its stage, and hands the submission on. What
-goes wrong is sorted at the top of the loop: a permanent problem is
-recorded in the submission as a failure with its reason; a transient one
-is retried with bounded exponential backoff; anything unexpected is
+A worker takes a job, does its stage, and hands the submission on; every
+write goes through a transition of :mod:`queues.store` under the job's
+lease. What goes wrong is sorted at the top of the loop: a permanent
+problem ends the submission as failed with its reason; a transient one
+is retried with bounded exponential backoff, then the lease is given up
+for the recovery sweep of any server; a lost lease means someone else
+owns the work now, so the result is dropped; anything unexpected is
 logged with the submission id and recorded as an internal error, and the
 loop carries on with the next job.
 """
@@ -13,7 +16,8 @@ import random
 import time
 
 from queues.errors import PERMANENT, MissingSubmission, is_transient, reason
-from queues.pipeline import CONCORDANCE, LEADERBOARD, ORIGINALITY, Job
+from queues.pipeline import CONCORDANCE, DISPATCH, ORIGINALITY, Job, Verdicts
+from queues.store import LeaseLost
 from scoring import concordance, consistency
 
 log = logging.getLogger(__name__)
@@ -45,16 +49,22 @@ def check_document(doc, submission_id):
 
 
 class Worker:
-    """The shared loop; subclasses say what a stage does with one job."""
+    """The shared loop; subclasses say what a stage does with one job.
+
+    ``board`` is told which leaderboard entries a transition changed;
+    ``members`` answers originality's "who else submitted" from memory.
+    """
 
     stage = None
 
-    def __init__(self, pipeline, store, rounds, rules, metrics):
+    def __init__(self, pipeline, store, rounds, rules, metrics, board=None, members=None):
         self.pipeline = pipeline
         self.store = store
         self.rounds = rounds
         self.rules = rules
         self.metrics = metrics
+        self.board = board
+        self.members = members
 
     @property
     def inbox(self):
@@ -78,9 +88,12 @@ class Worker:
         for attempt in range(MAX_ATTEMPTS):
             started = time.monotonic()
             try:
-                self.process(job)
+                outcome = self.process(job)
                 self.metrics.stage_finished(self.stage, time.monotonic() - started)
-                return "ok"
+                return outcome
+            except LeaseLost:
+                log.warning("%s: %s lost its lease to another worker; its result is dropped", sid, self.stage)
+                return "lost"
             except PERMANENT as exc:
                 log.info("%s: %s failed: %s", sid, self.stage, reason(exc))
                 return self.fail(job, reason(exc))
@@ -94,87 +107,117 @@ class Worker:
                 self.metrics.outcome("retried")
                 if self.pipeline.stop.wait(delay):
                     return "stopped"
-        log.error("%s: %s still failing after %d attempts; the recovery sweep will retry it", sid, self.stage, MAX_ATTEMPTS)
+        log.error("%s: %s still failing after %d attempts; giving the lease up for the recovery sweep",
+                  sid, self.stage, MAX_ATTEMPTS)
+        self.give_up(job)
         return "deferred"
 
+    def give_up(self, job):
+        """Let any server's sweep take the submission now, rather than when the lease runs out."""
+        if job.verdicts is not None:
+            job.verdicts.close()
+        if job.claim is not None:
+            try:
+                self.store.release([job.claim.token])
+            except Exception as exc:  # the database may be away: the lease expires on its own
+                log.warning("%s: could not release the lease (%s); it expires on its own", job.submission_id, type(exc).__name__)
+
     def fail(self, job, error):
-        """Record a failure; if even that cannot be written, leave it to recovery."""
+        """End the submission as failed (one transition); if that cannot be written, leave it to recovery."""
+        if job.claim is None:
+            return "skipped"
+        verdicts = job.verdicts.close() if job.verdicts is not None else {}
+        if verdicts is None:  # the other check already ended this claim
+            return "skipped"
         try:
-            self.record_failure(job, error)
-        except Exception as exc:  # the database may be down: recovery will see it unfinished
+            self.store.failed(job.claim, error, verdicts)
+        except LeaseLost:
+            log.warning("%s: lost the lease before recording the failure; the new owner judges it", job.submission_id)
+            return "lost"
+        except Exception as exc:  # the database may be down: the lease expires and recovery retries
             log.error("%s: could not record failure (%s); recovery will retry", job.submission_id, type(exc).__name__)
             return "deferred"
         self.metrics.outcome("failed")
+        self.touch_board(job.claim)
         return "failed"
 
-    def document(self, job):
-        """The submission document, from the job or the store."""
-        if job.doc is None:
-            job.doc = check_document(self.store.get(job.submission_id), job.submission_id)
-        return job.doc
+    def touch_board(self, claim):
+        if self.board is not None:
+            self.board.touch(claim.doc.get("competition_id"), claim.doc.get("username"))
 
     def predictions(self, job, rnd):
         if job.predictions is None:
-            doc = self.document(job)
+            doc = job.claim.doc
             job.predictions = self.rounds.predictions(rnd, doc["username"], doc["filename"])
         return job.predictions
 
 
 class Dispatcher(Worker):
-    """Consistency and the leaderboard, then hands the submission to both checks."""
+    """Claims a submission, then consistency and logloss, then hands it to both checks."""
 
-    stage = LEADERBOARD
+    stage = DISPATCH
 
     def process(self, job):
         sid = job.submission_id
-        doc = self.store.begin(sid)
-        if doc is None:
-            log.info("%s: not queued any more (finished, or gone); nothing to dispatch", sid)
-            return
-        doc = check_document(doc, sid)
-        job.doc = doc
+        if job.claim is None:
+            job.claim = self.store.claim(sid, token=job.token)
+            if job.claim is None:
+                log.info("%s: nothing to claim (finished, gone, or another worker holds it)", sid)
+                return "skipped"
+        claim = job.claim
+        check_document(claim.doc, sid)
+        if not claim.dispatched:
+            self.dispatch(job)
+        if not claim.pending:  # dispatched with both verdicts in: only the final transition is missing
+            self.store.judged(claim, {})
+            self.metrics.outcome("done")
+            self.touch_board(claim)
+            return "ok"
+        job.verdicts = Verdicts(claim.pending)
+        for stage, check in ((CONCORDANCE, "concordant"), (ORIGINALITY, "original")):
+            if check in claim.pending:
+                self.pipeline.put(stage, Job(sid, claim=claim, predictions=job.predictions, verdicts=job.verdicts))
+        return "ok"
+
+    def dispatch(self, job):
+        """Consistency and logloss on validation rows, written in one transition."""
+        claim = job.claim
+        doc = claim.doc
         rnd = self.rounds.get(doc["competition_id"])
         values = self.predictions(job, rnd)
         # Prepared now, while the parsed values are at hand, so later submissions'
         # originality checks find it instead of reading the file again.
-        self.rounds.prepare(rnd, sid, doc["username"], doc["filename"], values)
+        self.rounds.prepare(rnd, job.submission_id, doc["username"], doc["filename"], values)
         tournament = rnd.tournament
         valid = tournament.validation
         score = consistency.consistency(tournament.eras[valid], tournament.targets[valid], values[valid], self.rules)
         loss = consistency.logloss(tournament.targets[valid], values[valid], self.rules.logloss_epsilon)
-        self.store.record_consistency(doc, score, loss)
-        reported = doc.get("validationLogloss")
-        self.store.update_leaderboard(doc, score, loss if reported is None else reported)
-        self.store.enter_checks(doc)
-        log.info("%s: consistency %.1f%%, validation logloss %.5f", sid, score, loss)
-        for stage in (CONCORDANCE, ORIGINALITY):
-            self.pipeline.put(stage, Job(sid, doc=doc, predictions=values))
-
-    def record_failure(self, job, error):
-        self.store.fail(job.submission_id, error)
+        self.store.dispatched(claim, score, loss)
+        self.touch_board(claim)
+        log.info("%s: consistency %.1f%%, validation logloss %.5f", job.submission_id, score, loss)
 
 
 class CheckWorker(Worker):
-    """A stage that writes one check (``concordant`` or ``original``)."""
+    """A stage that judges one check (``concordant`` or ``original``).
+
+    The checks of a claim meet in its :class:`~queues.pipeline.Verdicts`;
+    whichever finishes last writes every verdict and DONE in one transition.
+    """
 
     check = None
 
     def process(self, job):
-        doc = self.document(job)
-        if not (doc.get(self.check) or {}).get("pending", True):
-            log.info("%s: %s already judged; nothing to do", job.submission_id, self.check)
-            return
-        rnd = self.rounds.get(doc["competition_id"])
-        verdict = self.judge(job, doc, rnd)
-        log.info("%s: %s = %s", job.submission_id, self.check, bool(verdict))
-        if self.store.record_check(doc, self.check, bool(verdict)):
-            self.metrics.outcome("done")
-
-    def record_failure(self, job, error):
-        doc = self.store.get(job.submission_id)
-        if doc is None:
-            return
-        self.store.record_check(doc, self.check, None, error)
+        claim = job.claim
+        rnd = self.rounds.get(claim.doc["competition_id"])
+        value = bool(self.judge(job, claim.doc, rnd))
+        log.info("%s: %s = %s", job.submission_id, self.check, value)
+        ready = job.verdicts.add(self.check, value)
+        if ready is None:
+            return "ok"
+        self.store.judged(claim, ready)
+        self.metrics.outcome("done")
+        self.touch_board(claim)
+        return "ok"
 
 
 class ConcordanceWorker(CheckWorker):
@@ -198,7 +241,7 @@ class OriginalityWorker(CheckWorker):
 
     def judge(self, job, doc, rnd):
         values = self.predictions(job, rnd)
-        others = self.store.latest_others(doc["competition_id"], doc["username"], doc["created"])
+        others = self.members.latest_others(doc["competition_id"], doc["username"], doc["created"])
         keys = []
         for other in others:
             try:

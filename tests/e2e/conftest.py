@@ -537,5 +537,12 @@ def assert_verdicts(doc, expected, context=""):
     assert doc["original"] == {"pending": False, "value": expected.original}, sid
 
 
+def wait_board_settled(db, competition_id, timeout=30, detail=None):
+    """Wait until no submission of the round has a leaderboard change still unconfirmed."""
+    wait_for(lambda: db.submissions.count_documents({"competition_id": competition_id,
+                                                      "processing.board": {"$exists": True}}) == 0,
+             timeout, "the leaderboard of round %s to catch up" % competition_id, detail)
+
+
 def leaderboard(db, competition_id):
     return (db.competitions.find_one({"_id": competition_id}) or {}).get("leaderboard", [])

@@ -10,7 +10,7 @@ import pytest
 import requests
 
 from .conftest import (REPO, SERVER, Predictor, assert_verdicts, expected_verdicts, free_port, leaderboard,
-                       listening, load_round, make_round, wait_for)
+                       listening, load_round, make_round, wait_board_settled, wait_for)
 
 
 def post_and_expect_queued(server, sub):
@@ -96,6 +96,7 @@ def test_round_is_judged_and_leaderboard_written(storage, start_server):
                 assert doc["validationLogloss"] == sub.reported_logloss, "the backend's logloss was overwritten"
             assert doc["processing"]["attempts"] == 1
 
+        wait_board_settled(db, rnd.competition_id)
         board = leaderboard(db, rnd.competition_id)
         usernames = [entry["username"] for entry in board]
         assert sorted(usernames) == sorted({sub.username for sub in rnd.submissions}), "one entry per user"
@@ -183,12 +184,12 @@ def test_http_errors_and_monitoring(storage, start_server):
     assert health["status"] == "ok"
     assert health["threads"] and all(alive is True for alive in health["threads"].values()), health["threads"]
     assert {"dispatcher", "concordance", "recovery", "supervisor"} <= set(health["threads"])
-    assert set(health["queues"]) == {"leaderboard", "concordance", "originality"}
+    assert set(health["queues"]) == {"dispatch", "concordance", "originality"}
     assert all(isinstance(depth, int) and depth >= 0 for depth in health["queues"].values())
 
     metrics = call("GET", "/metrics", expect=200)
     assert metrics.headers["Content-Type"].startswith("text/plain")
-    assert 'criteria_queue_depth{queue="leaderboard"}' in metrics.text
+    assert 'criteria_queue_depth{queue="dispatch"}' in metrics.text
     assert "criteria_http_requests" in metrics.text and 'status="401"' in metrics.text
 
     # the good request still works after all that
