@@ -5,41 +5,43 @@ A user's entry shows that user's newest submission (by ``created``, then
 and ``original``. Transitions only say *which* entries may have changed
 (:meth:`Leaderboard.touch`); the writer works out what each entry should
 be from a fresh read of the submissions and writes every change of a
-round in one compare-and-set update. Changes that arrive while a write
-is in flight go together in the next one.
+round in one update. Changes that arrive while a write is in flight go
+together in the next one.
 
-Why it converges: each entry is written only if it still holds what the
-writer read *before* reading the submissions, so an entry only ever moves
-to a state computed from a newer read than the one it had; a writer with
-an older read finds the entry changed and reads again. Only the fields
-the service owns are written (``submission_id``, ``logloss``,
-``concordant``, ``original``; ``earnings`` when an entry is first made),
-so the backend may write the rest of the same entries meanwhile. New
-entries are pushed guarded by "no entry for these users yet": never two
-entries for one user. Once an entry is confirmed in line, the
-``processing.board`` stamps of the submissions it was built from are
-cleared; the recovery sweep re-touches any stamp a crash left behind.
+Why it converges: entries only move forward. An entry is written only if
+it shows an older submission of the user, or the same submission at a
+lower revision (``criteria_rev``, the submission's ``processing.rev``,
+which every transition counts up). So a replay, or a writer of another
+server working from an older read, changes nothing, and after the last
+transition the last write shows it. Only the fields the service owns are
+written (``submission_id``, ``logloss``, ``concordant``, ``original``,
+``criteria_rev``; ``earnings`` when an entry is first made), so the
+backend may write the rest of the same entries meanwhile. New entries are
+pushed guarded by "no entry for these users yet": never two entries for
+one user. After a write, the ``processing.board`` stamps of the
+submissions read are cleared unless a newer transition re-stamped them;
+the recovery sweep re-touches any stamp a crash left behind.
 """
 import collections
 import logging
 import threading
 
-from queues.store import PENDING
+from queues.store import PENDING, REV
 
 log = logging.getLogger(__name__)
 
-#: Fields of an entry this service writes after creating it.
-OWNED = ("submission_id", "logloss", "concordant", "original")
-#: Rounds of read-and-swap before a change is left for the next wake-up.
-MAX_ROUNDS = 5
 POLL_SECONDS = 0.5
 RETRY_SECONDS = 1.0
 
 
+def order(doc):
+    return (doc["created"], doc["_id"])
+
+
 def newest(docs):
-    """The newest document (by created, then _id) of those that passed dispatch, or None."""
+    """The newest document (by created, then _id) of those that ever passed dispatch, or None."""
     passed = [doc for doc in docs if (doc.get("processing") or {}).get("dispatched") and doc.get("created") is not None]
-    return max(passed, key=lambda doc: (doc["created"], doc["_id"]), default=None)
+    return max(passed, key=order, default=None)
 
 
 def desired_entry(doc):
@@ -47,12 +49,8 @@ def desired_entry(doc):
     return {"submission_id": doc["_id"],
             "logloss": {"validation": doc.get("validationLogloss"), "consistency": doc.get("consistency")},
             "concordant": doc.get("concordant") or PENDING,
-            "original": doc.get("original") or PENDING}
-
-
-def owned(entry):
-    """The owned fields of an entry as stored (None where absent)."""
-    return {key: entry.get(key) for key in OWNED}
+            "original": doc.get("original") or PENDING,
+            REV: (doc.get("processing") or {}).get("rev", 0)}
 
 
 class Leaderboard:
@@ -64,7 +62,7 @@ class Leaderboard:
         self.metrics = metrics
         self._dirty = collections.defaultdict(set)
         self._changed = threading.Condition()
-        self._entries = {}
+        self._present = {}
         self.writes = 0
 
     def touch(self, competition_id, username):
@@ -105,69 +103,70 @@ class Leaderboard:
                 self.touch(competition_id, username)
 
     def sync(self, competition_id, usernames):
-        """Compare-and-set the entries of ``usernames`` and confirm them; returns users left out of line.
+        """Write the entries of ``usernames`` from one read of their submissions; returns users left over.
 
-        The entries are those of the last read (kept from the previous
-        batch): the submissions are always read after them, which is what
-        makes a swap safe. A steady batch costs four round trips: read the
-        submissions, swap, read the entries back, clear the stamps.
+        Three round trips for a batch of any size once the round's users
+        are known: read the submissions, one conditional write, clear the
+        stamps. Users without an entry are pushed first.
         """
-        usernames = set(usernames)
-        entries = self._entries.get(competition_id)
-        if entries is None:
-            entries = self._read_entries(competition_id)
-        for _ in range(MAX_ROUNDS):
-            docs = self.store.board_candidates(competition_id, usernames)
-            by_user = collections.defaultdict(list)
-            for doc in docs:
-                by_user[doc["username"]].append(doc)
-            wants = {}
-            for username in usernames:
-                target = newest(by_user[username])
-                if target is not None:
-                    wants[username] = desired_entry(target)
-            fresh = [name for name in wants if name not in entries]
-            changes = [(name, owned(entries[name]), want) for name, want in wants.items()
-                       if name in entries and owned(entries[name]) != want]
-            if fresh:
-                self._push(competition_id, fresh, by_user)
-            if changes:
-                self.writes += 1
-                self.store.swap_entries(competition_id, changes)
-            if fresh or changes:
-                entries = self._read_entries(competition_id)
-            confirmed = {name for name in usernames if name not in wants or
-                         (name in entries and owned(entries[name]) == wants[name])}
-            self.store.clear_board_stamps([(doc["_id"], doc["processing"]["board"]) for name in confirmed
-                                           for doc in by_user[name] if (doc.get("processing") or {}).get("board")])
-            usernames -= confirmed
-            if not usernames:
-                return set()
-            entries = self._read_entries(competition_id)
-        log.info("round %s: %d leaderboard entries still changing; will retry", competition_id, len(usernames))
-        return usernames
+        docs = self.store.board_submissions(competition_id, usernames)
+        by_user = collections.defaultdict(list)
+        for doc in docs:
+            by_user[doc["username"]].append(doc)
+        present = self._usernames(competition_id)
+        changes, fresh = [], []
+        for username in usernames:
+            target = newest(by_user[username])
+            if target is None:
+                continue
+            if username not in present:
+                fresh.append(username)
+                continue
+            older = [doc["_id"] for doc in by_user[username] if order(doc) < order(target)]
+            changes.append((username, older, desired_entry(target)))
+        if fresh:
+            changes.extend(self._push(competition_id, fresh, by_user, present))
+        if changes:
+            self.writes += 1
+            self.store.swap_entries(competition_id, changes)
+        self.store.clear_board_stamps([(doc["_id"], doc["processing"]["board"]) for doc in docs
+                                       if (doc.get("processing") or {}).get("board")])
+        return set()
 
-    def _read_entries(self, competition_id):
-        """Read the round's entries (creating an empty leaderboard when there is none) and keep them."""
-        entries = self.store.board_entries(competition_id)
-        if entries is None:
-            self.store.ensure_competition(competition_id)
-            entries = {}
-        self._entries[competition_id] = entries
-        return entries
+    def _usernames(self, competition_id):
+        """Users known to have an entry in the round (read once per round, then kept up to date)."""
+        present = self._present.get(competition_id)
+        if present is None:
+            present = self.store.board_usernames(competition_id)
+            if present is None:
+                self.store.ensure_competition(competition_id)
+                present = set()
+            self._present[competition_id] = present
+        return present
 
-    def _push(self, competition_id, usernames, by_user):
-        """Create entries for users without one; all in one write when none appeared meanwhile."""
+    def _push(self, competition_id, usernames, by_user, present):
+        """Create entries for users without one; returns changes for those someone else created meanwhile."""
         earnings = self.store.career_earnings(usernames)
-        entries = []
+        entries = {}
         for username in usernames:
             entry = {"username": username}
             entry.update(desired_entry(newest(by_user[username])))
             entry["earnings"] = {"career": earnings[username], "competition": {"usd": 0, "nmr": 0}}
-            entries.append(entry)
+            entries[username] = entry
         self.writes += 1
-        if self.store.push_entries(competition_id, entries):
-            return
-        for entry in entries:  # someone else added one of them: one at a time, each guarded
-            self.writes += 1
-            self.store.push_entries(competition_id, [entry])
+        if self.store.push_entries(competition_id, list(entries.values())):
+            present.update(usernames)
+            return []
+        present.update(self.store.board_usernames(competition_id) or ())  # someone else added some
+        changes = []
+        for username, entry in entries.items():
+            target = newest(by_user[username])
+            if username in present:
+                older = [doc["_id"] for doc in by_user[username] if order(doc) < order(target)]
+                changes.append((username, older, desired_entry(target)))
+            else:
+                self.writes += 1
+                if not self.store.push_entries(competition_id, [entry]):
+                    raise RuntimeError("round %s: could not add %s's entry; will retry" % (competition_id, username))
+                present.add(username)
+        return changes

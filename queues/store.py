@@ -39,9 +39,12 @@ QUEUED, SCORING, DONE, FAILED = "queued", "scoring", "done", "failed"
 ACTIVE = (QUEUED, SCORING)
 CHECKS = ("concordant", "original")
 PENDING = {"pending": True}
+#: The leaderboard entry field holding the revision of the submission it shows.
+REV = "criteria_rev"
 #: Fields of a submission the leaderboard is built from.
 BOARD_FIELDS = {"username": 1, "created": 1, "consistency": 1, "validationLogloss": 1,
-                "concordant": 1, "original": 1, "processing.dispatched": 1, "processing.board": 1}
+                "concordant": 1, "original": 1, "processing.dispatched": 1, "processing.board": 1,
+                "processing.rev": 1}
 
 
 class LeaseLost(Exception):
@@ -175,7 +178,7 @@ class Store:
         document the work needs.
         """
         now = utcnow()
-        held = [{"processing.lease": None}, {"processing.lease.expires": {"$lt": now}}]
+        held = [{"processing.lease": None}, {"processing.lease.expires": {"$lte": now}}]
         if token is not None:
             held.append({"processing.lease.token": token})
         if owner is not None:
@@ -208,7 +211,7 @@ class Store:
     def claimable(self, limit, owners=()):
         """Ids of active submissions nobody holds (or held by ``owners``), oldest first."""
         now = utcnow()
-        free = [{"processing.lease": None}, {"processing.lease.expires": {"$lt": now}}]
+        free = [{"processing.lease": None}, {"processing.lease.expires": {"$lte": now}}]
         if owners:
             free.append({"processing.lease.owner": {"$in": list(owners)}})
         found = self.submissions.find({"processing.state": {"$in": list(ACTIVE)}, "$or": free},
@@ -228,8 +231,12 @@ class Store:
 
     # -- transitions ----------------------------------------------------------
     def _write(self, claim, fields, unset=None):
-        """One conditional update under the claim's lease; LeaseLost when it no longer holds."""
-        update = {"$set": fields}
+        """One conditional update under the claim's lease; LeaseLost when it no longer holds.
+
+        Each also counts ``processing.rev``, the submission's revision, which
+        orders what the leaderboard shows of it.
+        """
+        update = {"$set": fields, "$inc": {"processing.rev": 1}}
         if unset:
             update["$unset"] = dict.fromkeys(unset, "")
         if not self.submissions.update_one(self._held(claim), update).matched_count:
@@ -266,7 +273,8 @@ class Store:
 
         Verdicts reached under the claim are kept; every other pending
         check records the reason. A submission that fails before dispatch
-        is no longer a leaderboard candidate.
+        stays off the leaderboard; one that passed dispatch before (a
+        re-POST) stays its user's candidate, showing the failure.
         """
         now = utcnow()
         verdicts = verdicts or {}
@@ -277,8 +285,8 @@ class Store:
                 fields[check] = verdict(verdicts[check])
             elif not claim.dispatched or check in claim.pending:
                 fields[check] = verdict(None, reason)
-        if not claim.dispatched:
-            fields["processing.dispatched"] = False
+        if not (claim.doc.get("processing") or {}).get("dispatched"):
+            fields["processing.dispatched"] = False  # never shown on the leaderboard
         self._write(claim, fields, unset=["processing.lease"])
 
     # -- originality ----------------------------------------------------------
@@ -294,19 +302,17 @@ class Store:
             {"username": 1, "filename": 1, "created": 1}))
 
     # -- leaderboard ------------------------------------------------------------
-    def board_candidates(self, competition_id, usernames):
-        """The users' submissions that passed dispatch or carry a leaderboard stamp."""
+    def board_submissions(self, competition_id, usernames):
+        """Every submission of these users in the round, with what the leaderboard shows of it."""
         return list(self.submissions.find(
-            {"competition_id": int(competition_id), "username": {"$in": list(usernames)},
-             "$or": [{"processing.dispatched": True}, {"processing.board": {"$exists": True}}]},
-            BOARD_FIELDS))
+            {"competition_id": int(competition_id), "username": {"$in": list(usernames)}}, BOARD_FIELDS))
 
-    def board_entries(self, competition_id):
-        """``{username: entry}`` of the round's leaderboard, or None when there is no document."""
-        doc = self.competitions.find_one({"_id": int(competition_id)}, {"leaderboard": 1})
+    def board_usernames(self, competition_id):
+        """Users with an entry in the round's leaderboard, or None when the round has no document."""
+        doc = self.competitions.find_one({"_id": int(competition_id)}, {"leaderboard.username": 1})
         if doc is None:
             return None
-        return {entry.get("username"): entry for entry in doc.get("leaderboard") or []}
+        return {entry.get("username") for entry in doc.get("leaderboard") or []}
 
     def ensure_competition(self, competition_id):
         self.competitions.update_one({"_id": int(competition_id)}, {"$setOnInsert": {"leaderboard": []}}, upsert=True)
@@ -317,25 +323,33 @@ class Store:
         return bool(self.competitions.update_one(
             {"_id": int(competition_id), "leaderboard.username": {"$nin": names}},
             {"$push": {"leaderboard": {"$each": entries}}},
-        ).matched_count)
+        ).modified_count)
 
     def swap_entries(self, competition_id, changes):
-        """Compare-and-set many entries in one write.
+        """Move many entries forward in one write; each only if it shows something older.
 
-        ``changes`` is ``[(username, expected, new)]``: the entry's owned
-        fields as last read, and the values to give them. An entry that
-        changed since it was read is left alone (the caller re-reads and
-        tries again), so replaying a write, or a writer working from an
-        older read, can never move an entry backwards.
+        ``changes`` is ``[(username, older_ids, fields)]`` where ``fields``
+        holds the entry's owned fields including ``submission_id`` and
+        ``rev``. An entry is written when it points at one of
+        ``older_ids`` (or at nothing), or at the same submission at a lower
+        revision. So replaying a write is harmless, and a writer working
+        from an older read can never move an entry backwards. ``rev`` is
+        set last: the conditions stay true while the other fields change.
         """
-        fields, filters = {}, []
-        for number, (username, expected, new) in enumerate(changes):
-            name = "e%d" % number
-            condition = {"%s.username" % name: username}
-            condition.update({"%s.%s" % (name, key): value for key, value in expected.items()})
-            filters.append(condition)
-            fields.update({"leaderboard.$[%s].%s" % (name, key): value for key, value in new.items()})
-        self.competitions.update_one({"_id": int(competition_id)}, {"$set": fields}, array_filters=filters)
+        sets, filters = {}, []
+        for number, (username, older_ids, fields) in enumerate(changes):
+            e = "e%d" % number
+            filters.append({"%s.username" % e: username, "$or": [
+                {"%s.submission_id" % e: {"$in": list(older_ids) + [None]}},
+                {"%s.submission_id" % e: fields["submission_id"],
+                 "$or": [{"%s.%s" % (e, REV): {"$lt": fields[REV]}}, {"%s.%s" % (e, REV): None}]}]})
+            for key, value in fields.items():
+                if key != REV:
+                    sets["leaderboard.$[%s].%s" % (e, key)] = value
+        for number, (_, _, fields) in enumerate(changes):
+            sets["leaderboard.$[e%d].%s" % (number, REV)] = fields[REV]
+        if sets:
+            self.competitions.update_one({"_id": int(competition_id)}, {"$set": sets}, array_filters=filters)
 
     def career_earnings(self, usernames):
         """``{username: {usd, nmr}}`` career earnings, zeros for users with none recorded."""

@@ -9,12 +9,15 @@ import os
 
 import mongomock
 import numpy as np
+import pymongo
 import pytest
+from bson import ObjectId
 
 from queues import demo
 from queues.app import create_app
 from queues.config import Config
 from queues.files import LocalFiles
+from queues.local import embedded
 from queues.metrics import Metrics
 from queues.pipeline import Pipeline
 from queues.rounds import Rounds
@@ -71,7 +74,28 @@ def db():
 
 @pytest.fixture
 def store(db):
-    return Store(db)
+    return Store(db, owner="test-host:5151:1", lease_seconds=30)
+
+
+@pytest.fixture(scope="session")
+def real_mongo_url(tmp_path_factory):
+    """SecantusDB (a real MongoDB wire server) on a free loopback port, for the whole session.
+
+    For what mongomock cannot show: races between threads, and updates with
+    array filters (the leaderboard's grouped writes).
+    """
+    with embedded(str(tmp_path_factory.mktemp("secantus"))) as url:
+        yield url
+
+
+@pytest.fixture
+def real_db(real_mongo_url):
+    """A fresh database on the session's SecantusDB, dropped afterwards."""
+    client = pymongo.MongoClient(real_mongo_url, serverSelectionTimeoutMS=5000)
+    name = "t_%s" % ObjectId()
+    yield client[name]
+    client.drop_database(name)
+    client.close()
 
 
 @pytest.fixture
