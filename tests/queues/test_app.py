@@ -8,7 +8,7 @@ import pymongo.errors
 import pytest
 
 from queues.app import MAX_BODY_BYTES, create_app
-from queues.pipeline import LEADERBOARD
+from queues.pipeline import DISPATCH
 from tests.conftest import API_KEY
 
 
@@ -21,26 +21,33 @@ def test_accepts_a_submission_and_queues_it_once(client, submit, store, pipeline
     response = post(client, submission_id=sid, api_key=API_KEY, user_id="zuz")
     assert response.status_code == 202
     assert response.get_json() == {"submission_id": sid, "status": "queued", "duplicate": False}
-    assert store.get(sid)["processing"]["state"] == "queued"
-    assert pipeline.queues[LEADERBOARD].get_nowait().submission_id == sid
+    processing = store.get(sid)["processing"]
+    assert processing["state"] == "queued"
+    job = pipeline.queues[DISPATCH].get_nowait()
+    assert job.submission_id == sid
+    # the job carries the lease the intake wrote, so the dispatcher can claim it and nobody else
+    assert job.token is not None and job.claim is None
+    assert processing["lease"]["token"] == job.token and processing["lease"]["owner"] == store.owner
+    assert store.claim(sid) is None
+    assert store.claim(sid, token=job.token) is not None
 
     again = post(client, submission_id=sid, api_key=API_KEY)
     assert again.status_code == 202
     assert again.get_json()["duplicate"] is True
-    assert pipeline.queues[LEADERBOARD].empty()
+    assert pipeline.queues[DISPATCH].empty()
 
 
 def test_accepts_form_fields(client, submit, model, pipeline):
     sid = submit("zuz", model(1))
     response = client.post("/", data={"submission_id": sid, "api_key": API_KEY})
     assert response.status_code == 202
-    assert pipeline.depth(LEADERBOARD) == 1
+    assert pipeline.depth(DISPATCH) == 1
 
 
 def test_uppercase_ids_are_the_same_submission(client, submit, model, pipeline):
     sid = submit("zuz", model(1))
     assert post(client, submission_id=sid.upper(), api_key=API_KEY).status_code == 202
-    assert pipeline.queues[LEADERBOARD].get_nowait().submission_id == sid
+    assert pipeline.queues[DISPATCH].get_nowait().submission_id == sid
 
 
 @pytest.mark.parametrize("key", [None, "", "wrong", API_KEY + "x", API_KEY[:-1], 12345])
@@ -57,7 +64,7 @@ def test_rejects_a_missing_or_wrong_key_without_echoing_it(client, submit, model
         assert key not in response.get_data(as_text=True)
         assert key not in caplog.text
     assert API_KEY not in response.get_data(as_text=True)
-    assert pipeline.depth(LEADERBOARD) == 0
+    assert pipeline.depth(DISPATCH) == 0
     assert "processing" not in store.get(sid)
 
 
@@ -108,7 +115,7 @@ def test_unknown_submission_is_404(client, pipeline):
     response = post(client, submission_id="5" * 24, api_key=API_KEY)
     assert response.status_code == 404
     assert "5" * 24 in response.get_json()["error"]
-    assert pipeline.depth(LEADERBOARD) == 0
+    assert pipeline.depth(DISPATCH) == 0
 
 
 def test_oversized_bodies_are_413(client):
@@ -133,7 +140,7 @@ def test_database_away_is_503_with_retry_after_and_nothing_queued(pipeline, conf
     assert response.status_code == 503
     assert int(response.headers["Retry-After"]) > 0
     assert "database" in response.get_json()["error"]
-    assert pipeline.depth(LEADERBOARD) == 0
+    assert pipeline.depth(DISPATCH) == 0
     health = client.get("/health")
     assert health.status_code == 503
     assert health.get_json()["database"].startswith("unavailable")
@@ -154,7 +161,9 @@ def test_status_shows_what_is_stored(client, submit, model, store):
     assert body["original"] is None
     assert body["processing"]["attempts"] == 0
     assert body["processing"]["queued_at"].endswith("Z")
-    assert "batch" not in body["processing"]
+    for internal in ("lease", "fence", "board", "dispatched"):  # the service's bookkeeping stays inside
+        assert internal not in body["processing"]
+    assert "token" not in json.dumps(body) and str(store.get(sid)["processing"]["lease"]["token"]) not in json.dumps(body)
     assert client.get("/submissions/" + "6" * 24, headers={"X-API-Key": API_KEY}).status_code == 404
     assert client.get("/submissions/nothex", headers={"X-API-Key": API_KEY}).status_code == 400
 
@@ -168,7 +177,7 @@ def test_health_reports_threads_database_and_queues(client, supervisor, pipeline
         data = body.get_json()
         assert data["database"] == "ok"
         assert data["threads"] == {"idle": True, "supervisor": True}
-        assert set(data["queues"]) == {"leaderboard", "concordance", "originality"}
+        assert set(data["queues"]) == {"dispatch", "concordance", "originality"}
         assert API_KEY not in body.get_data(as_text=True)
     finally:
         assert supervisor.stop(5) == []
@@ -181,7 +190,7 @@ def test_metrics_are_prometheus_text(client, submit, model):
     text = response.get_data(as_text=True)
     assert response.status_code == 200
     assert response.content_type.startswith("text/plain")
-    assert 'criteria_queue_depth{queue="leaderboard"} 1.0' in text
+    assert 'criteria_queue_depth{queue="dispatch"} 1.0' in text
     assert 'criteria_http_requests_total{endpoint="/",status="202"} 1.0' in text
 
 
@@ -249,9 +258,9 @@ class CountingStore:
         self.store = store
         self.accepts = 0
 
-    def accept_many(self, ids):
+    def accept_many(self, ids, token):
         self.accepts += 1
-        return self.store.accept_many(ids)
+        return self.store.accept_many(ids, token)
 
     def __getattr__(self, name):
         return getattr(self.store, name)
@@ -266,8 +275,8 @@ def test_a_repeat_of_a_submission_in_flight_needs_no_database_round_trip(store, 
     for _ in range(5):
         assert post(client, submission_id=sid, api_key=API_KEY).get_json()["duplicate"] is True
     assert counting.accepts == 1
-    job = pipeline.queues[LEADERBOARD].get_nowait()
-    pipeline.done(LEADERBOARD, job)  # the worker let it go: the next request asks the database
+    job = pipeline.queues[DISPATCH].get_nowait()
+    pipeline.done(DISPATCH, job)  # the worker let it go: the next request asks the database
     store.submissions.update_one({}, {"$set": {"processing.state": "done"}})
     assert post(client, submission_id=sid, api_key=API_KEY).get_json()["duplicate"] is False
     assert counting.accepts == 2

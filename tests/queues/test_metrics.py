@@ -5,7 +5,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from queues.metrics import Metrics
-from queues.pipeline import CONCORDANCE, LEADERBOARD, ORIGINALITY, STAGES, Job
+from queues.pipeline import CONCORDANCE, DISPATCH, ORIGINALITY, STAGES, Job
 from queues.supervisor import Supervisor
 
 
@@ -36,25 +36,26 @@ def test_queue_depth_and_age_per_queue(watched, pipeline):
         assert value(samples, "criteria_queue_depth", queue=stage) == 0
         assert value(samples, "criteria_queue_oldest_age_seconds", queue=stage) == 0
 
-    pipeline.put(LEADERBOARD, Job("a"))
+    dispatch = Job("a")
+    pipeline.put(DISPATCH, dispatch)
     pipeline.put(ORIGINALITY, Job("b", enqueued=time.monotonic() - 42))
     pipeline.put(ORIGINALITY, Job("c"))
     samples = scrape(watched)
-    assert value(samples, "criteria_queue_depth", queue=LEADERBOARD) == 1
+    assert value(samples, "criteria_queue_depth", queue=DISPATCH) == 1
     assert value(samples, "criteria_queue_depth", queue=ORIGINALITY) == 2
     assert value(samples, "criteria_queue_depth", queue=CONCORDANCE) == 0
-    assert value(samples, "criteria_queue_oldest_age_seconds", queue=LEADERBOARD) >= 0
+    assert value(samples, "criteria_queue_oldest_age_seconds", queue=DISPATCH) >= 0
     assert 42 <= value(samples, "criteria_queue_oldest_age_seconds", queue=ORIGINALITY) < 100
     assert value(samples, "criteria_queue_oldest_age_seconds", queue=CONCORDANCE) == 0
 
-    pipeline.done(LEADERBOARD, Job("a"))
-    assert value(scrape(watched), "criteria_queue_depth", queue=LEADERBOARD) == 0
+    pipeline.done(DISPATCH, dispatch)
+    assert value(scrape(watched), "criteria_queue_depth", queue=DISPATCH) == 0
 
 
 def test_stage_duration_histogram(metrics):
     metrics.stage_finished(CONCORDANCE, 0.003)
     metrics.stage_finished(CONCORDANCE, 0.2)
-    metrics.stage_finished(LEADERBOARD, 45)
+    metrics.stage_finished(DISPATCH, 45)
     samples = scrape(metrics)
     name = "criteria_stage_duration_seconds"
     assert value(samples, name + "_count", stage=CONCORDANCE) == 2
@@ -62,9 +63,9 @@ def test_stage_duration_histogram(metrics):
     assert value(samples, name + "_bucket", stage=CONCORDANCE, le="0.0025") == 0
     assert value(samples, name + "_bucket", stage=CONCORDANCE, le="0.005") == 1
     assert value(samples, name + "_bucket", stage=CONCORDANCE, le="0.25") == 2
-    assert value(samples, name + "_count", stage=LEADERBOARD) == 1
-    assert value(samples, name + "_bucket", stage=LEADERBOARD, le="30.0") == 0
-    assert value(samples, name + "_bucket", stage=LEADERBOARD, le="60.0") == 1
+    assert value(samples, name + "_count", stage=DISPATCH) == 1
+    assert value(samples, name + "_bucket", stage=DISPATCH, le="30.0") == 0
+    assert value(samples, name + "_bucket", stage=DISPATCH, le="60.0") == 1
     # every stage is reported from the start, at zero
     assert value(samples, name + "_count", stage=ORIGINALITY) == 0
 
@@ -114,11 +115,11 @@ def test_thread_alive_gauges_follow_the_supervisor(metrics, pipeline):
 def test_instances_do_not_share_a_registry(pipeline, supervisor):
     first, second = Metrics(), Metrics()  # a shared default registry would refuse the second
     first.outcome("done")
-    first.stage_finished(LEADERBOARD, 1.0)
+    first.stage_finished(DISPATCH, 1.0)
     first.watch(pipeline, supervisor)
-    pipeline.put(LEADERBOARD, Job("a"))
+    pipeline.put(DISPATCH, Job("a"))
     assert value(scrape(first), "criteria_submissions_total", outcome="done") == 1
     samples = scrape(second)
     assert value(samples, "criteria_submissions_total", outcome="done") == 0
-    assert value(samples, "criteria_stage_duration_seconds_count", stage=LEADERBOARD) == 0
+    assert value(samples, "criteria_stage_duration_seconds_count", stage=DISPATCH) == 0
     assert not any(name == "criteria_queue_depth" for name, _ in samples)

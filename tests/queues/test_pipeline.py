@@ -1,20 +1,23 @@
-"""Pipeline: per-stage dedupe of ids in flight, release on done, depth and age."""
+"""Pipeline: per-stage dedupe of ids in flight, release on done, depth, age and leases; the checks' meeting point."""
 import threading
 import time
 
 import pytest
 
-from queues.pipeline import CONCORDANCE, LEADERBOARD, ORIGINALITY, STAGES, Job, Pipeline
+from bson import ObjectId
+
+from queues.pipeline import CONCORDANCE, DISPATCH, ORIGINALITY, STAGES, Job, Pipeline, Verdicts
+from queues.store import Claim
 
 
 def test_put_queues_once_per_stage(pipeline):
-    assert pipeline.put(LEADERBOARD, Job("a")) is True
-    assert pipeline.put(LEADERBOARD, Job("a")) is False
-    assert pipeline.queues[LEADERBOARD].qsize() == 1
+    assert pipeline.put(DISPATCH, Job("a")) is True
+    assert pipeline.put(DISPATCH, Job("a")) is False
+    assert pipeline.queues[DISPATCH].qsize() == 1
     # the same id is independent at another stage, and another id at the same stage
     assert pipeline.put(CONCORDANCE, Job("a")) is True
-    assert pipeline.put(LEADERBOARD, Job("b")) is True
-    assert pipeline.queues[LEADERBOARD].qsize() == 2
+    assert pipeline.put(DISPATCH, Job("b")) is True
+    assert pipeline.queues[DISPATCH].qsize() == 2
     assert pipeline.queues[CONCORDANCE].qsize() == 1
     assert pipeline.queues[ORIGINALITY].qsize() == 0
 
@@ -33,39 +36,52 @@ def test_in_flight_until_done_even_after_taken_off_the_queue(pipeline):
 
 
 def test_done_only_releases_its_own_stage_and_tolerates_unknown_jobs(pipeline):
-    pipeline.put(LEADERBOARD, Job("a"))
-    pipeline.put(CONCORDANCE, Job("a"))
-    pipeline.done(CONCORDANCE, Job("a"))
+    pipeline.put(DISPATCH, Job("a"))
+    check = Job("a")
+    pipeline.put(CONCORDANCE, check)
+    pipeline.done(CONCORDANCE, check)
     pipeline.done(ORIGINALITY, Job("never-queued"))
-    assert pipeline.in_flight(LEADERBOARD, "a")
+    assert pipeline.in_flight(DISPATCH, "a")
     assert not pipeline.in_flight(CONCORDANCE, "a")
+
+
+def test_done_with_another_job_of_the_same_id_keeps_the_one_in_flight(pipeline):
+    """A worker finishing a stale job must not let a newer job of the same id be queued twice."""
+    current = Job("a", token=ObjectId())
+    pipeline.put(DISPATCH, current)
+    pipeline.done(DISPATCH, Job("a"))
+    assert pipeline.in_flight(DISPATCH, "a")
+    assert pipeline.tokens() == {current.token}
+    pipeline.done(DISPATCH, current)
+    assert not pipeline.anywhere("a")
 
 
 def test_depth_counts_in_flight_per_stage(pipeline):
     assert all(pipeline.depth(stage) == 0 for stage in STAGES)
-    for sid in ("a", "b", "c"):
-        pipeline.put(CONCORDANCE, Job(sid))
+    jobs = {sid: Job(sid) for sid in ("a", "b", "c")}
+    for job in jobs.values():
+        pipeline.put(CONCORDANCE, job)
     pipeline.put(CONCORDANCE, Job("a"))  # duplicate: not counted twice
     pipeline.put(ORIGINALITY, Job("a"))
     assert pipeline.depth(CONCORDANCE) == 3
     assert pipeline.depth(ORIGINALITY) == 1
-    assert pipeline.depth(LEADERBOARD) == 0
-    pipeline.done(CONCORDANCE, Job("b"))
+    assert pipeline.depth(DISPATCH) == 0
+    pipeline.done(CONCORDANCE, jobs["b"])
     assert pipeline.depth(CONCORDANCE) == 2
 
 
 def test_oldest_age_follows_the_oldest_in_flight_job(pipeline):
-    assert pipeline.oldest_age(LEADERBOARD) == 0.0
+    assert pipeline.oldest_age(DISPATCH) == 0.0
     now = time.monotonic()
     old = Job("old", enqueued=now - 30)
     young = Job("young", enqueued=now - 5)
-    pipeline.put(LEADERBOARD, young)
-    pipeline.put(LEADERBOARD, old)
-    assert 30 <= pipeline.oldest_age(LEADERBOARD) < 60
-    pipeline.done(LEADERBOARD, old)
-    assert 5 <= pipeline.oldest_age(LEADERBOARD) < 30
-    pipeline.done(LEADERBOARD, young)
-    assert pipeline.oldest_age(LEADERBOARD) == 0.0
+    pipeline.put(DISPATCH, young)
+    pipeline.put(DISPATCH, old)
+    assert 30 <= pipeline.oldest_age(DISPATCH) < 60
+    pipeline.done(DISPATCH, old)
+    assert 5 <= pipeline.oldest_age(DISPATCH) < 30
+    pipeline.done(DISPATCH, young)
+    assert pipeline.oldest_age(DISPATCH) == 0.0
     assert pipeline.oldest_age(CONCORDANCE) == 0.0
 
 
@@ -84,7 +100,7 @@ def test_concurrent_puts_of_one_id_queue_it_once(pipeline):
 
     def put():
         barrier.wait()
-        queued = pipeline.put(LEADERBOARD, Job("same"))
+        queued = pipeline.put(DISPATCH, Job("same"))
         with lock:
             results.append(queued)
 
@@ -94,7 +110,7 @@ def test_concurrent_puts_of_one_id_queue_it_once(pipeline):
     for worker in workers:
         worker.join(10)
     assert sorted(results) == [False] * (threads - 1) + [True]
-    assert pipeline.queues[LEADERBOARD].qsize() == 1
+    assert pipeline.queues[DISPATCH].qsize() == 1
 
 
 @pytest.mark.parametrize("stage", STAGES)
@@ -102,3 +118,88 @@ def test_every_stage_has_a_queue(pipeline, stage):
     job = Job("x")
     pipeline.put(stage, job)
     assert pipeline.queues[stage].get_nowait() is job
+
+
+def test_anywhere_looks_at_every_stage(pipeline):
+    job = Job("a")
+    assert not pipeline.anywhere("a")
+    pipeline.put(ORIGINALITY, job)
+    assert pipeline.anywhere("a") and not pipeline.anywhere("b")
+    pipeline.done(ORIGINALITY, job)
+    assert not pipeline.anywhere("a")
+
+
+def claim_of(sid, token):
+    return Claim({"_id": ObjectId(sid), "processing": {"state": "queued"}}, token)
+
+
+def test_a_job_holds_its_claim_s_lease_once_claimed():
+    intake, claimed = ObjectId(), ObjectId()
+    job = Job("a" * 24, token=intake)
+    assert job.lease == intake
+    job.claim = claim_of("a" * 24, claimed)
+    assert job.lease == claimed
+    assert Job("b" * 24).lease is None
+
+
+def test_tokens_are_the_leases_of_every_job_in_flight(pipeline):
+    intake, claimed, shared = ObjectId(), ObjectId(), ObjectId()
+    pipeline.put(DISPATCH, Job("a" * 24, token=intake))
+    pipeline.put(DISPATCH, Job("b" * 24, claim=claim_of("b" * 24, claimed), token=ObjectId()))
+    pipeline.put(CONCORDANCE, Job("c" * 24, claim=claim_of("c" * 24, shared)))
+    pipeline.put(ORIGINALITY, Job("c" * 24, claim=claim_of("c" * 24, shared)))
+    pipeline.put(ORIGINALITY, Job("d" * 24))  # holds no lease
+    assert pipeline.tokens() == {intake, claimed, shared}
+    done = pipeline.queues[DISPATCH].get_nowait()
+    pipeline.done(DISPATCH, done)
+    assert pipeline.tokens() == {claimed, shared}
+
+
+# -- Verdicts: where the two checks of a claim meet ---------------------------------
+def test_verdicts_the_last_check_gets_them_all():
+    meeting = Verdicts(["concordant", "original"])
+    assert meeting.add("original", False) is None
+    assert not meeting.closed
+    assert meeting.add("concordant", True) == {"concordant": True, "original": False}
+    assert meeting.closed
+    # once complete, nothing more is handed out: nobody writes twice
+    assert meeting.add("concordant", False) is None
+    assert meeting.close() is None
+
+
+def test_verdicts_for_one_pending_check_complete_at_once():
+    assert Verdicts({"original"}).add("original", True) == {"original": True}
+
+
+def test_a_failure_closes_the_meeting_and_the_other_result_is_dropped():
+    meeting = Verdicts(["concordant", "original"])
+    assert meeting.add("concordant", True) is None
+    assert meeting.close() == {"concordant": True}  # what the failure keeps
+    assert meeting.add("original", True) is None
+    assert meeting.close() is None  # a second failure does not write again
+    assert meeting.values == {"concordant": True}
+
+
+def test_a_failure_before_any_verdict_keeps_nothing():
+    meeting = Verdicts(["concordant", "original"])
+    assert meeting.close() == {}
+    assert meeting.add("concordant", True) is None
+
+
+def test_exactly_one_of_two_racing_checks_completes_the_set():
+    for _ in range(200):
+        meeting = Verdicts(["concordant", "original"])
+        barrier = threading.Barrier(2)
+        results = {}
+
+        def finish(check):
+            barrier.wait()
+            results[check] = meeting.add(check, True)
+
+        threads = [threading.Thread(target=finish, args=(check,)) for check in ("concordant", "original")]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(10)
+        complete = [found for found in results.values() if found is not None]
+        assert complete == [{"concordant": True, "original": True}]

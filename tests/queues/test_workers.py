@@ -1,24 +1,66 @@
-"""The pipeline stages, one job at a time: each worker's ``run`` is called directly."""
+"""The pipeline stages, one job at a time: each worker's ``run`` is called directly.
+
+The leaderboard writer is a recording stand-in here (its grouped writes
+need array filters, which mongomock lacks; tests/queues/test_leaderboard.py
+covers it): the workers only say which entries changed, and the documents
+must carry what the writer builds the entries from.
+"""
+import collections
+import datetime
 import threading
 
 import numpy as np
 import pymongo.errors
 import pytest
+from bson import ObjectId
 
 from queues import workers
-from queues.pipeline import CONCORDANCE, LEADERBOARD, ORIGINALITY, Job
+from queues.errors import PermanentError
+from queues.leaderboard import desired_entry, newest
+from queues.pipeline import CONCORDANCE, DISPATCH, ORIGINALITY, Job, Pipeline
+from queues.recovery import Recovery
+from queues.rounds import Rounds
+from queues.store import DONE, FAILED, PENDING, QUEUED, SCORING, RoundMembers, Store, utcnow
 from scoring import concordance, consistency, originality
-from scoring.submission import parse_submission
+from scoring.originality import PlainIndex
+from scoring.submission import SubmissionError, parse_submission
 
 from tests.conftest import ROUND
 
+#: Another process of the same server, taking work over from the store fixture's.
+OTHER = "test-host:5151:2"
+
+
+class Board:
+    """Records which leaderboard entries the workers say may have changed."""
+
+    def __init__(self):
+        self.touched = []
+
+    def touch(self, competition_id, username):
+        self.touched.append((competition_id, username))
+
 
 @pytest.fixture
-def stages(pipeline, store, rounds, rules, metrics):
-    parts = (store, rounds, rules, metrics)
-    return {LEADERBOARD: workers.Dispatcher(pipeline, *parts),
-            CONCORDANCE: workers.ConcordanceWorker(pipeline, *parts),
-            ORIGINALITY: workers.OriginalityWorker(pipeline, *parts)}
+def board():
+    return Board()
+
+
+@pytest.fixture
+def members(store):
+    return RoundMembers(store)
+
+
+def make_stages(pipeline, store, rounds, rules, metrics, board, members):
+    parts = dict(store=store, rounds=rounds, rules=rules, metrics=metrics, board=board, members=members)
+    return {DISPATCH: workers.Dispatcher(pipeline, **parts),
+            CONCORDANCE: workers.ConcordanceWorker(pipeline, **parts),
+            ORIGINALITY: workers.OriginalityWorker(pipeline, **parts)}
+
+
+@pytest.fixture
+def stages(pipeline, store, rounds, rules, metrics, board, members):
+    return make_stages(pipeline, store, rounds, rules, metrics, board, members)
 
 
 @pytest.fixture(autouse=True)
@@ -27,13 +69,13 @@ def quick_backoff(monkeypatch):
     monkeypatch.setattr(workers, "BACKOFF_CAP", 0.002)
 
 
-def drain(pipeline, stages):
+def drain(pipeline, stages, order=(DISPATCH, CONCORDANCE, ORIGINALITY)):
     """Run every queued job through its stage until all queues are empty; returns outcomes."""
     outcomes = []
     progress = True
     while progress:
         progress = False
-        for stage in (LEADERBOARD, CONCORDANCE, ORIGINALITY):
+        for stage in order:
             inbox = pipeline.queues[stage]
             while not inbox.empty():
                 job = inbox.get_nowait()
@@ -43,11 +85,36 @@ def drain(pipeline, stages):
     return outcomes
 
 
-def score(store, pipeline, stages, *ids):
+def accept(store, sid):
+    """What the intake does: queue and lease to a batch token; returns the token."""
+    token = ObjectId()
+    assert store.accept_many([sid], token) == ["queued"]
+    return token
+
+
+def queue(store, pipeline, *ids):
     for sid in ids:
-        assert store.accept(sid) == "queued"
-        pipeline.put(LEADERBOARD, Job(sid))
+        assert pipeline.put(DISPATCH, Job(sid, token=accept(store, sid)))
+
+
+def score(store, pipeline, stages, *ids):
+    queue(store, pipeline, *ids)
     return drain(pipeline, stages)
+
+
+def expire(db, sid):
+    """The lease ran out (its process died or stalled)."""
+    db.submissions.update_one({"_id": ObjectId(sid)},
+                              {"$set": {"processing.lease.expires": utcnow() - datetime.timedelta(seconds=1)}})
+
+
+def take_over(db, sid):
+    """Another process claims the submission after this one's lease ran out; returns its store and claim."""
+    expire(db, sid)
+    other = Store(db, owner=OTHER, lease_seconds=30)
+    claim = other.claim(sid)
+    assert claim is not None
+    return other, claim
 
 
 def expected_verdicts(rounds, store, sid, rules):
@@ -59,7 +126,7 @@ def expected_verdicts(rounds, store, sid, rules):
     valid = t.validation
     groups = concordance.cluster_groups(rounds._labels(rnd), t.data_types)
     others = [rounds.predictions(rnd, o["username"], o["filename"])
-              for o in store.latest_others(ROUND, doc["username"], doc["created"])]
+              for o in RoundMembers(store).latest_others(ROUND, doc["username"], doc["created"])]
     return {
         "consistency": consistency.consistency(t.eras[valid], t.targets[valid], values[valid], rules),
         "logloss": consistency.logloss(t.targets[valid], values[valid]),
@@ -68,7 +135,12 @@ def expected_verdicts(rounds, store, sid, rules):
     }
 
 
-def test_a_round_is_judged_exactly_by_the_rules(submit, store, pipeline, stages, rounds, rules, model, metrics):
+def board_entry(store, username):
+    """The entry the leaderboard writer would give ``username`` from the documents as they are."""
+    return desired_entry(newest(store.board_submissions(ROUND, [username])))
+
+
+def test_a_round_is_judged_exactly_by_the_rules(submit, store, pipeline, stages, rounds, rules, model, metrics, board):
     first = model(1)
     ids = [submit("alice", first), submit("bob", model(2)),
            submit("carol", np.clip(first + 1e-5, 0, 1)),  # a near copy of alice's
@@ -76,8 +148,9 @@ def test_a_round_is_judged_exactly_by_the_rules(submit, store, pipeline, stages,
     outcomes = score(store, pipeline, stages, *ids)
     assert {outcome for *_, outcome in outcomes} == {"ok"}
     assert len(outcomes) == 3 * len(ids)
-    board = store.competitions.find_one({"_id": ROUND})["leaderboard"]
-    assert sorted(entry["username"] for entry in board) == ["alice", "bob", "carol", "dave"]
+    # each submission's entry is touched when it is dispatched and when it is judged
+    names = ["alice", "bob", "carol", "dave"]
+    assert collections.Counter(board.touched) == {(ROUND, name): 2 for name in names}
     verdicts = {}
     for sid in ids:
         doc = store.get(sid)
@@ -85,14 +158,15 @@ def test_a_round_is_judged_exactly_by_the_rules(submit, store, pipeline, stages,
         verdicts[doc["username"]] = want["original"]
         assert doc["processing"]["state"] == "done"
         assert doc["processing"]["attempts"] == 1
+        assert "lease" not in doc["processing"]  # finished work holds no lease
+        assert doc["processing"]["board"]  # stamped until the leaderboard writer confirms the entry
         assert doc["consistency"] == pytest.approx(want["consistency"], abs=1e-12)
         assert doc["concordant"] == {"pending": False, "value": want["concordant"]}
         assert doc["original"] == {"pending": False, "value": want["original"]}
-        entry = next(e for e in board if e["username"] == doc["username"])
+        entry = board_entry(store, doc["username"])
         assert entry["submission_id"] == doc["_id"]
-        assert entry["logloss"]["consistency"] == doc["consistency"]
+        assert entry["logloss"] == {"validation": doc["validationLogloss"], "consistency": doc["consistency"]}
         assert entry["concordant"] == doc["concordant"] and entry["original"] == doc["original"]
-        assert entry["earnings"] == {"career": {"usd": 3.0, "nmr": 2.0}, "competition": {"usd": 0, "nmr": 0}}
     assert store.get(ids[0])["validationLogloss"] == pytest.approx(expected_verdicts(rounds, store, ids[0], rules)["logloss"])
     assert store.get(ids[3])["validationLogloss"] == 0.5  # the backend's own figure is kept
     assert verdicts["carol"] is False and verdicts["alice"] is True
@@ -104,8 +178,7 @@ def test_own_earlier_submissions_never_count(submit, store, pipeline, stages, mo
     first, second = submit("alice", values), submit("alice", values)
     score(store, pipeline, stages, first, second)
     assert store.get(second)["original"]["value"] is True
-    board = store.competitions.find_one({"_id": ROUND})["leaderboard"]
-    assert [entry["submission_id"] for entry in board] == [store.get(second)["_id"]]
+    assert board_entry(store, "alice")["submission_id"] == store.get(second)["_id"]
 
 
 def test_scoring_twice_leaves_the_same_documents(submit, store, pipeline, stages, model):
@@ -117,8 +190,9 @@ def test_scoring_twice_leaves_the_same_documents(submit, store, pipeline, stages
         return docs, store.competitions.find_one({"_id": ROUND})
 
     before = snapshot()
-    score(store, pipeline, stages, *ids)
+    assert {outcome for *_, outcome in score(store, pipeline, stages, *ids)} == {"ok"}
     assert snapshot() == before
+    assert all(store.get(sid)["processing"]["state"] == DONE for sid in ids)
 
 
 BROKEN = [
@@ -155,16 +229,18 @@ def broken_file(tournament, how):
 
 
 @pytest.mark.parametrize("how, reason", BROKEN)
-def test_broken_files_end_failed_with_a_reason(submit, store, pipeline, stages, round_frames, how, reason, model):
+def test_broken_files_end_failed_with_a_reason(submit, store, pipeline, stages, round_frames, how, reason, model, board):
     sid = submit("mallory", raw=broken_file(round_frames[1], how))
     outcomes = score(store, pipeline, stages, sid)
-    assert outcomes == [(LEADERBOARD, sid, "failed")]
+    assert outcomes == [(DISPATCH, sid, "failed")]
     doc = store.get(sid)
     assert doc["processing"]["state"] == "failed"
     assert reason in doc["processing"]["error"]
+    assert "lease" not in doc["processing"] and doc["processing"]["dispatched"] is False
     for check in ("concordant", "original"):
         assert doc[check]["pending"] is False and doc[check]["value"] is None
         assert reason in doc[check]["error"]
+    assert board.touched == [(ROUND, "mallory")]  # a failure can change what the entry shows
     good = submit("zuz", model(4))
     score(store, pipeline, stages, good)
     assert store.get(good)["processing"]["state"] == "done"
@@ -207,24 +283,74 @@ class Flaky:
         return flaky
 
 
-@pytest.mark.parametrize("method", ["begin", "update_leaderboard", "record_consistency"])
-def test_transient_database_errors_are_retried(submit, store, pipeline, rounds, rules, metrics, model, method):
+@pytest.mark.parametrize("method", ["claim", "dispatched"])
+def test_transient_database_errors_are_retried(submit, store, pipeline, rounds, rules, metrics, model, board, method):
     sid = submit("alice", model(1))
-    store.accept(sid)
-    dispatcher = workers.Dispatcher(pipeline, Flaky(store, method, 2), rounds, rules, metrics)
-    assert dispatcher.run(Job(sid)) == "ok"
+    token = accept(store, sid)
+    dispatcher = workers.Dispatcher(pipeline, Flaky(store, method, 2), rounds, rules, metrics, board=board)
+    assert dispatcher.run(Job(sid, token=token)) == "ok"
     assert metrics.outcomes.labels("retried")._value.get() == 2
-    assert store.get(sid)["consistency"] is not None
-    assert len(store.competitions.find_one({"_id": ROUND})["leaderboard"]) == 1
+    doc = store.get(sid)
+    assert doc["consistency"] is not None and doc["processing"]["state"] == SCORING
+    assert doc["processing"]["attempts"] == 1
+    assert board.touched == [(ROUND, "alice")]
+    assert pipeline.in_flight(CONCORDANCE, sid) and pipeline.in_flight(ORIGINALITY, sid)
 
 
-def test_a_lasting_outage_defers_to_recovery_without_failing(submit, store, pipeline, rounds, rules, metrics, model):
+@pytest.mark.parametrize("last", [CONCORDANCE, ORIGINALITY])
+def test_a_transient_error_writing_the_verdicts_is_retried(submit, store, pipeline, rounds, rules, metrics, model,
+                                                           board, members, last):
+    """The check that completes the verdicts must write them even when its first try at the write fails."""
     sid = submit("alice", model(1))
-    store.accept(sid)
-    dispatcher = workers.Dispatcher(pipeline, Flaky(store, "begin", 10 ** 6), rounds, rules, metrics)
-    assert dispatcher.run(Job(sid)) == "deferred"
-    assert store.get(sid)["processing"]["state"] == "queued"
+    queue(store, pipeline, sid)
+    stages = make_stages(pipeline, Flaky(store, "judged", 2), rounds, rules, metrics, board, members)
+    first = ORIGINALITY if last == CONCORDANCE else CONCORDANCE
+    outcomes = drain(pipeline, stages, order=(DISPATCH, first, last))
+    assert [outcome for *_, outcome in outcomes] == ["ok"] * 3
+    assert metrics.outcomes.labels("retried")._value.get() == 2
+    doc = store.get(sid)
+    assert doc["processing"]["state"] == DONE
+    assert doc["concordant"]["pending"] is False and doc["original"]["pending"] is False
+    assert metrics.outcomes.labels("done")._value.get() == 1
+
+
+def test_a_lasting_outage_gives_the_lease_up_to_recovery_without_failing(submit, store, pipeline, rounds, rules,
+                                                                          metrics, model, board):
+    sid = submit("alice", model(1))
+    token = accept(store, sid)
+    dispatcher = workers.Dispatcher(pipeline, Flaky(store, "dispatched", 10 ** 6), rounds, rules, metrics, board=board)
+    assert dispatcher.run(Job(sid, token=token)) == "deferred"
+    doc = store.get(sid)
+    assert doc["processing"]["state"] == QUEUED and doc.get("consistency") is None
     assert metrics.outcomes.labels("retried")._value.get() == workers.MAX_ATTEMPTS
+    assert metrics.outcomes.labels("failed")._value.get() == 0
+    # released: any server's next sweep takes it now rather than when the lease would have run out
+    assert doc["processing"]["lease"]["expires"] <= utcnow()
+    assert store.claimable(10) == [(sid, store.owner)]
+    assert Recovery(Pipeline(), store, interval=60).sweep() == 1
+
+
+def test_a_check_that_gives_up_closes_its_claim_for_the_other_check(submit, store, pipeline, stages, members, metrics,
+                                                                    model, monkeypatch):
+    sid = submit("alice", model(1))
+    queue(store, pipeline, sid)
+    drain(pipeline, stages, order=(DISPATCH,))
+
+    def away(*args, **kwargs):
+        raise pymongo.errors.AutoReconnect("connection lost")
+
+    monkeypatch.setattr(members, "latest_others", away)
+    original = pipeline.queues[ORIGINALITY].get_nowait()
+    assert stages[ORIGINALITY].run(original) == "deferred"
+    pipeline.done(ORIGINALITY, original)
+    before = store.get(sid)
+    assert before["processing"]["lease"]["expires"] <= utcnow()
+    # the other check finishes after the give-up: its result waits for the next claim, nothing is written
+    assert drain(pipeline, stages) == [(CONCORDANCE, sid, "ok")]
+    after = store.get(sid)
+    assert after == before
+    assert after["processing"]["state"] == SCORING and after["concordant"] == PENDING and after["original"] == PENDING
+    assert metrics.outcomes.labels("done")._value.get() == 0
 
 
 def test_a_bug_is_recorded_as_an_internal_error_and_the_loop_goes_on(
@@ -239,9 +365,7 @@ def test_a_bug_is_recorded_as_an_internal_error_and_the_loop_goes_on(
 
     monkeypatch.setattr(workers.consistency, "consistency", explode)
     first, second = submit("alice", model(1)), submit("bob", model(2))
-    for sid in (first, second):
-        store.accept(sid)
-        pipeline.put(LEADERBOARD, Job(sid))
+    queue(store, pipeline, first, second)
     finished = threading.Event()
     put = pipeline.put
 
@@ -251,7 +375,7 @@ def test_a_bug_is_recorded_as_an_internal_error_and_the_loop_goes_on(
         return put(stage, job)
 
     pipeline.put = watch
-    thread = threading.Thread(target=stages[LEADERBOARD].loop)
+    thread = threading.Thread(target=stages[DISPATCH].loop)
     thread.start()
     try:
         assert finished.wait(20), "the second submission never reached the checks"
@@ -264,36 +388,90 @@ def test_a_bug_is_recorded_as_an_internal_error_and_the_loop_goes_on(
     assert "internal error" in doc["original"]["error"] and "ZeroDivisionError" in doc["original"]["error"]
     assert "bug" not in doc["original"]["error"]
     assert store.get(second)["consistency"] == 50.0
+    assert not pipeline.in_flight(DISPATCH, first) and not pipeline.in_flight(DISPATCH, second)
 
 
-def test_checks_already_judged_are_not_redone(submit, store, pipeline, stages, model, monkeypatch):
+def test_a_finished_submission_is_not_judged_again_by_a_stale_job(submit, store, pipeline, stages, model, monkeypatch):
     sid = submit("alice", model(1))
-    score(store, pipeline, stages, sid)
+    token = accept(store, sid)
+    score_job = Job(sid, token=token)
+    pipeline.put(DISPATCH, score_job)
+    drain(pipeline, stages)
+    before = store.get(sid)
+    monkeypatch.setattr(workers.consistency, "consistency", lambda *a, **k: pytest.fail("recomputed"))
     monkeypatch.setattr(workers.concordance, "concordance", lambda *a, **k: pytest.fail("recomputed"))
-    assert stages[CONCORDANCE].run(Job(sid)) == "ok"
+    # a repeat of the intake's job (or any job) for a finished submission finds nothing to claim
+    assert stages[DISPATCH].run(Job(sid, token=token)) == "skipped"
+    assert stages[DISPATCH].run(Job(sid)) == "skipped"
+    assert store.get(sid) == before
+    assert pipeline.depth(CONCORDANCE) == pipeline.depth(ORIGINALITY) == 0
 
 
-def test_stages_after_a_restart_load_what_they_need(submit, store, pipeline, stages, rounds, rules, model):
-    """Jobs without the dispatcher's document and predictions (as recovery queues them)."""
+def test_checks_already_judged_are_not_redone(submit, store, db, pipeline, stages, model, monkeypatch):
+    """A dispatched submission recovered with one verdict in: only the other check runs, and the verdict stays."""
     sid = submit("alice", model(1))
-    store.accept(sid)
-    stages[LEADERBOARD].run(Job(sid))
-    for stage in (CONCORDANCE, ORIGINALITY):
-        assert stages[stage].run(Job(sid)) == "ok"
+    queue(store, pipeline, sid)
+    drain(pipeline, stages)
+    kept = store.get(sid)["concordant"]
+    db.submissions.update_one({"_id": ObjectId(sid)}, {"$set": {"processing.state": SCORING, "original": PENDING}})
+    monkeypatch.setattr(workers.concordance, "concordance", lambda *a, **k: pytest.fail("recomputed"))
+    monkeypatch.setattr(workers.consistency, "consistency", lambda *a, **k: pytest.fail("recomputed"))
+    assert Recovery(pipeline, store, interval=60).sweep() == 1
+    outcomes = drain(pipeline, stages)
+    assert outcomes == [(DISPATCH, sid, "ok"), (ORIGINALITY, sid, "ok")]
+    doc = store.get(sid)
+    assert doc["processing"]["state"] == DONE and doc["concordant"] == kept
+    assert doc["original"] == {"pending": False, "value": True}
+
+
+def test_stages_after_a_restart_load_what_they_need(submit, store, db, pipeline, stages, rounds, files, rules, model,
+                                                    metrics, tmp_path):
+    """A server dies after dispatch; the next one claims the expired lease and judges from the documents and files."""
+    sid = submit("alice", model(1))
+    queue(store, pipeline, sid)
+    assert drain(pipeline, stages, order=(DISPATCH,)) == [(DISPATCH, sid, "ok")]
+    assert store.get(sid)["processing"]["state"] == SCORING
+    expire(db, sid)  # the process is gone with its queues; its lease runs out
+    fresh_pipeline = Pipeline()
+    fresh_store = Store(db, owner=OTHER, lease_seconds=30)
+    fresh_rounds = Rounds(files, str(tmp_path / "cache-2"), rules, PlainIndex)
+    fresh = make_stages(fresh_pipeline, fresh_store, fresh_rounds, rules, metrics, Board(), RoundMembers(fresh_store))
+    assert Recovery(fresh_pipeline, fresh_store, interval=60).sweep() == 1
+    job = list(fresh_pipeline.queues[DISPATCH].queue)[0]
+    assert job.predictions is None and job.claim.dispatched
+    outcomes = drain(fresh_pipeline, fresh)
+    assert outcomes == [(DISPATCH, sid, "ok"), (CONCORDANCE, sid, "ok"), (ORIGINALITY, sid, "ok")]
     doc = store.get(sid)
     want = expected_verdicts(rounds, store, sid, rules)
-    assert doc["processing"]["state"] == "done"
-    assert doc["concordant"]["value"] == want["concordant"]
-    values = parse_submission(rounds.files.submission("alice", doc["filename"]), rounds.get(ROUND).tournament.ids)
-    assert sid in rounds.get(ROUND).index and len(values) == len(rounds.get(ROUND).tournament.ids)
+    assert doc["processing"]["state"] == "done" and doc["processing"]["attempts"] == 2
+    assert doc["concordant"]["value"] == want["concordant"] and doc["original"]["value"] == want["original"]
+    values = parse_submission(files.submission("alice", doc["filename"]), fresh_rounds.get(ROUND).tournament.ids)
+    assert sid in fresh_rounds.get(ROUND).index and len(values) == len(fresh_rounds.get(ROUND).tournament.ids)
+
+
+def test_a_document_left_by_the_previous_version_is_judged_again(submit, store, db, pipeline, stages, rounds, rules,
+                                                                 model):
+    """Mid-checks under the version without leases, one check errored: judged afresh, never finished as is."""
+    sid = submit("alice", model(1))
+    db.submissions.update_one({"_id": ObjectId(sid)}, {"$set": {
+        "processing": {"state": SCORING, "stage": "checks", "attempts": 1},
+        "concordant": {"pending": False, "value": True},
+        "original": {"pending": False, "value": None, "error": "the submission file is not in storage"}}})
+    assert Recovery(pipeline, store, interval=60).sweep() == 1
+    assert {outcome for *_, outcome in drain(pipeline, stages)} == {"ok"}
+    doc = store.get(sid)
+    want = expected_verdicts(rounds, store, sid, rules)
+    assert doc["processing"]["state"] == DONE
+    assert doc["original"] == {"pending": False, "value": want["original"]}
+    assert doc["concordant"] == {"pending": False, "value": want["concordant"]}
 
 
 def test_originality_reads_no_file_the_dispatcher_already_read(submit, store, pipeline, stages, rounds, model):
     """The dispatcher prepares each submission for originality, so no check re-reads a file."""
     ids = [submit("alice", model(1)), submit("bob", model(2)), submit("carol", model(3))]
     for sid in ids:
-        store.accept(sid)
-        assert stages[LEADERBOARD].run(Job(sid)) == "ok"
+        token = accept(store, sid)
+        assert stages[DISPATCH].run(Job(sid, token=token)) == "ok"
         assert sid in rounds.get(ROUND).index
     reads = []
     real = rounds.files.submission
@@ -301,3 +479,131 @@ def test_originality_reads_no_file_the_dispatcher_already_read(submit, store, pi
     drain(pipeline, stages)
     assert reads == []
     assert all(store.get(sid)["processing"]["state"] == "done" for sid in ids)
+
+
+# -- the checks meet: the last one writes both verdicts and DONE ---------------------------
+class Spy:
+    """Wraps a store, recording the transitions called on it."""
+
+    def __init__(self, store):
+        self.store = store
+        self.calls = []
+
+    def __getattr__(self, name):
+        attribute = getattr(self.store, name)
+        if name not in ("judged", "failed", "dispatched"):
+            return attribute
+
+        def spy(*args, **kwargs):
+            self.calls.append((name, args[1:]))
+            return attribute(*args, **kwargs)
+        return spy
+
+
+@pytest.mark.parametrize("last", [CONCORDANCE, ORIGINALITY])
+def test_the_last_check_writes_both_verdicts_and_done_in_one_transition(submit, store, pipeline, rounds, rules,
+                                                                        metrics, board, members, model, last):
+    sid = submit("alice", model(1))
+    queue(store, pipeline, sid)
+    spy = Spy(store)
+    stages = make_stages(pipeline, spy, rounds, rules, metrics, board, members)
+    drain(pipeline, stages, order=(DISPATCH,))
+    dispatched = store.get(sid)
+    first = ORIGINALITY if last == CONCORDANCE else CONCORDANCE
+    assert drain(pipeline, stages, order=(first,)) == [(first, sid, "ok")]
+    assert store.get(sid) == dispatched  # the first check to finish writes nothing
+    assert [name for name, _ in spy.calls] == ["dispatched"]
+    assert drain(pipeline, stages, order=(last,)) == [(last, sid, "ok")]
+    want = expected_verdicts(rounds, store, sid, rules)
+    assert spy.calls[1:] == [("judged", ({"concordant": want["concordant"], "original": want["original"]},))]
+    doc = store.get(sid)
+    assert doc["processing"]["state"] == DONE
+    assert doc["concordant"] == {"pending": False, "value": want["concordant"]}
+    assert doc["original"] == {"pending": False, "value": want["original"]}
+    assert metrics.outcomes.labels("done")._value.get() == 1
+
+
+def refuse(*args, **kwargs):
+    raise PermanentError("the round's index refused this submission")
+
+
+@pytest.mark.parametrize("failing_first", [True, False], ids=["failure-first", "failure-last"])
+def test_a_failed_check_closes_the_claim_and_the_other_result_is_dropped(submit, store, pipeline, stages, metrics,
+                                                                         members, model, monkeypatch, failing_first):
+    sid = submit("alice", model(1))
+    queue(store, pipeline, sid)
+    drain(pipeline, stages, order=(DISPATCH,))
+    monkeypatch.setattr(members, "latest_others", refuse)
+    order = (ORIGINALITY, CONCORDANCE) if failing_first else (CONCORDANCE, ORIGINALITY)
+    outcomes = drain(pipeline, stages, order=order)
+    assert dict(((stage, outcome) for stage, _, outcome in outcomes)) == {ORIGINALITY: "failed", CONCORDANCE: "ok"}
+    doc = store.get(sid)
+    assert doc["processing"]["state"] == FAILED and "refused" in doc["processing"]["error"]
+    assert doc["original"]["pending"] is False and doc["original"]["value"] is None
+    assert "refused" in doc["original"]["error"]
+    if failing_first:  # concordance finished after the failure: its verdict is dropped, the failure's reason stays
+        assert doc["concordant"]["value"] is None and "refused" in doc["concordant"]["error"]
+    else:  # concordance finished before: the failure keeps its verdict
+        assert doc["concordant"]["pending"] is False and doc["concordant"]["value"] in (True, False)
+        assert "error" not in doc["concordant"]
+    assert metrics.outcomes.labels("failed")._value.get() == 1
+    assert metrics.outcomes.labels("done")._value.get() == 0
+
+
+# -- a lease taken over: the stale worker's result is dropped -------------------------------
+def test_a_dispatcher_whose_lease_was_taken_over_drops_its_result(submit, store, db, pipeline, stages, model, board,
+                                                                  metrics, monkeypatch):
+    sid = submit("alice", model(1))
+    queue(store, pipeline, sid)
+    real = workers.consistency.consistency
+    taken = {}
+
+    def stall(*args, **kwargs):  # this worker pauses; meanwhile its lease runs out and another process claims it
+        other, claim = take_over(db, sid)
+        other.dispatched(claim, 12.5, 0.7)
+        taken["token"] = claim.token
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(workers.consistency, "consistency", stall)
+    assert drain(pipeline, stages) == [(DISPATCH, sid, "lost")]
+    doc = store.get(sid)
+    assert doc["consistency"] == 12.5 and doc["validationLogloss"] == 0.7
+    assert doc["processing"]["state"] == SCORING and doc["processing"]["lease"]["owner"] == OTHER
+    assert doc["processing"]["lease"]["token"] == taken["token"]
+    assert pipeline.depth(CONCORDANCE) == pipeline.depth(ORIGINALITY) == 0  # the checks are the new owner's
+    assert board.touched == []
+    assert metrics.outcomes.labels("failed")._value.get() == 0
+
+
+def test_checks_whose_lease_was_taken_over_drop_their_verdicts(submit, store, db, pipeline, stages, model, metrics):
+    sid = submit("alice", model(1))
+    queue(store, pipeline, sid)
+    drain(pipeline, stages, order=(DISPATCH,))
+    other, claim = take_over(db, sid)
+    other.dispatched(claim, 12.5, 0.7)
+    before = store.get(sid)
+    outcomes = drain(pipeline, stages, order=(CONCORDANCE, ORIGINALITY))
+    assert outcomes == [(CONCORDANCE, sid, "ok"), (ORIGINALITY, sid, "lost")]
+    assert store.get(sid) == before  # the new owner's writes stand
+    assert before["processing"]["lease"]["token"] == claim.token and before["concordant"] == PENDING
+    assert metrics.outcomes.labels("done")._value.get() == 0
+    # and the new owner can still finish the work under its claim
+    other.judged(claim, {"concordant": True, "original": False})
+    assert store.get(sid)["processing"]["state"] == DONE
+
+
+def test_a_failure_under_a_lost_lease_is_not_recorded(submit, store, db, pipeline, stages, rounds, model, metrics,
+                                                      monkeypatch):
+    sid = submit("alice", model(1))
+    queue(store, pipeline, sid)
+
+    def broken_while_taken_over(*args, **kwargs):
+        take_over(db, sid)
+        raise SubmissionError("the file is broken")
+
+    monkeypatch.setattr(rounds, "predictions", broken_while_taken_over)
+    assert drain(pipeline, stages) == [(DISPATCH, sid, "lost")]
+    doc = store.get(sid)
+    assert doc["processing"]["state"] == QUEUED and doc["processing"]["lease"]["owner"] == OTHER
+    assert "concordant" not in doc and doc["processing"]["error"] is None
+    assert metrics.outcomes.labels("failed")._value.get() == 0
