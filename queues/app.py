@@ -91,7 +91,7 @@ def summary(doc):
     body = {"submission_id": str(doc["_id"])}
     body.update({field: public(doc.get(field)) for field in fields})
     processing = public(doc.get("processing") or {})
-    for internal in ("lease", "board", "fence", "dispatched"):  # the service's own bookkeeping
+    for internal in ("lease", "board", "fence", "dispatched", "settled_by", "rev"):  # the service's own bookkeeping
         processing.pop(internal, None)
     body["status"] = processing.pop("state", None)
     body["processing"] = processing

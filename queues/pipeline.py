@@ -63,6 +63,9 @@ class Job:
     claim: Any = None
     predictions: Optional[np.ndarray] = None
     verdicts: Optional[Verdicts] = None
+    #: Every verdict of the claim, once this job's check completed the set: kept so
+    #: that a retry of the final write does not depend on the meeting again.
+    complete: Optional[dict] = None
     enqueued: float = dataclasses.field(default_factory=time.monotonic)
 
     @property

@@ -234,13 +234,20 @@ class Store:
         """One conditional update under the claim's lease; LeaseLost when it no longer holds.
 
         Each also counts ``processing.rev``, the submission's revision, which
-        orders what the leaderboard shows of it.
+        orders what the leaderboard shows of it. A write that settles the
+        submission records the claim's token in ``processing.settled_by``, so
+        a retry after an answer lost in transit can tell that its own write
+        landed rather than someone else's.
         """
         update = {"$set": fields, "$inc": {"processing.rev": 1}}
         if unset:
             update["$unset"] = dict.fromkeys(unset, "")
-        if not self.submissions.update_one(self._held(claim), update).matched_count:
-            raise LeaseLost("%s: the lease was taken over; this worker's result is dropped" % claim.submission_id)
+        if self.submissions.update_one(self._held(claim), update).matched_count:
+            return
+        settling = "processing.settled_by" in fields
+        if settling and self.submissions.find_one({"_id": claim.oid, "processing.settled_by": claim.token}, {"_id": 1}):
+            return
+        raise LeaseLost("%s: the lease was taken over; this worker's result is dropped" % claim.submission_id)
 
     def dispatched(self, claim, consistency, logloss):
         """QUEUED -> SCORING: consistency, logloss where the backend gave none, both checks pending."""
@@ -265,7 +272,7 @@ class Store:
         now = utcnow()
         fields = {check: verdict(value) for check, value in verdicts.items()}
         fields.update({"processing.state": DONE, "processing.finished_at": now, "processing.updated_at": now,
-                       "processing.board": ObjectId()})
+                       "processing.board": ObjectId(), "processing.settled_by": claim.token})
         self._write(claim, fields, unset=["processing.lease"])
 
     def failed(self, claim, reason, verdicts=None):
@@ -279,7 +286,7 @@ class Store:
         now = utcnow()
         verdicts = verdicts or {}
         fields = {"processing.state": FAILED, "processing.error": reason, "processing.finished_at": now,
-                  "processing.updated_at": now, "processing.board": ObjectId()}
+                  "processing.updated_at": now, "processing.board": ObjectId(), "processing.settled_by": claim.token}
         for check in CHECKS:
             if check in verdicts:
                 fields[check] = verdict(verdicts[check])
@@ -333,8 +340,13 @@ class Store:
         ``rev``. An entry is written when it points at one of
         ``older_ids`` (or at nothing), or at the same submission at a lower
         revision. So replaying a write is harmless, and a writer working
-        from an older read can never move an entry backwards. ``rev`` is
-        set last: the conditions stay true while the other fields change.
+        from an older read can never move an entry backwards.
+
+        MongoDB evaluates array filters against the document before the
+        update; SecantusDB re-evaluates them after each path it sets. So the
+        two fields the conditions read are set last, ``rev`` and then
+        ``submission_id``, which keeps the conditions true until every other
+        field is written, on either server.
         """
         sets, filters = {}, []
         for number, (username, older_ids, fields) in enumerate(changes):
@@ -344,10 +356,11 @@ class Store:
                 {"%s.submission_id" % e: fields["submission_id"],
                  "$or": [{"%s.%s" % (e, REV): {"$lt": fields[REV]}}, {"%s.%s" % (e, REV): None}]}]})
             for key, value in fields.items():
-                if key != REV:
+                if key not in (REV, "submission_id"):
                     sets["leaderboard.$[%s].%s" % (e, key)] = value
-        for number, (_, _, fields) in enumerate(changes):
-            sets["leaderboard.$[e%d].%s" % (number, REV)] = fields[REV]
+        for last in (REV, "submission_id"):
+            for number, (_, _, fields) in enumerate(changes):
+                sets["leaderboard.$[e%d].%s" % (number, last)] = fields[last]
         if sets:
             self.competitions.update_one({"_id": int(competition_id)}, {"$set": sets}, array_filters=filters)
 

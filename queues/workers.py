@@ -208,13 +208,14 @@ class CheckWorker(Worker):
 
     def process(self, job):
         claim = job.claim
-        rnd = self.rounds.get(claim.doc["competition_id"])
-        value = bool(self.judge(job, claim.doc, rnd))
-        log.info("%s: %s = %s", job.submission_id, self.check, value)
-        ready = job.verdicts.add(self.check, value)
-        if ready is None:
-            return "ok"
-        self.store.judged(claim, ready)
+        if job.complete is None:
+            rnd = self.rounds.get(claim.doc["competition_id"])
+            value = bool(self.judge(job, claim.doc, rnd))
+            log.info("%s: %s = %s", job.submission_id, self.check, value)
+            job.complete = job.verdicts.add(self.check, value)
+            if job.complete is None:
+                return "ok"
+        self.store.judged(claim, job.complete)
         self.metrics.outcome("done")
         self.touch_board(claim)
         return "ok"

@@ -253,3 +253,22 @@ def test_after_a_crash_the_sweep_finds_unconfirmed_changes(rnd, board):
     board.flush(board.take(0))
     assert_in_line(rnd)
     assert rnd.store.stamped(100) == set()
+
+
+def test_moving_to_a_newer_submission_at_the_same_revision_writes_every_field(rnd, board):
+    """Both submissions judged (same revision count): the entry must take all of the newer one's fields."""
+    older, newer = rnd.submit("alice"), rnd.submit("alice")
+    rnd.dispatch(older, consistency=25.0, logloss=0.70)
+    rnd.judge(older, concordant=False)
+    board.touch(ROUND, "alice")
+    board.flush(board.take(0))
+    rnd.dispatch(newer, consistency=75.0, logloss=0.68)
+    rnd.judge(newer, concordant=True)
+    assert rnd.doc(older)["processing"]["rev"] == rnd.doc(newer)["processing"]["rev"]
+    board.touch(ROUND, "alice")
+    board.flush(board.take(0))
+    entry = rnd.entry("alice")
+    assert entry["submission_id"] == newer
+    assert entry["logloss"] == {"validation": 0.68, "consistency": 75.0}
+    assert entry["concordant"] == {"pending": False, "value": True}
+    assert_in_line(rnd)

@@ -1,0 +1,247 @@
+"""A whole server's objects in one test process, driven one job at a time.
+
+``Node`` is what ``server`` builds (store, pipeline, workers, leaderboard
+writer, recovery, the Flask app) without threads: a test posts through
+the app and runs each queued job by calling the worker's ``run`` itself,
+so every interleaving is chosen by the test, never by timing.
+
+``Faults`` wraps a pymongo database so that its k-th write crashes the
+process: :class:`Crash` is a ``BaseException``, so no worker or handler
+catches it, exactly like a SIGKILL between two writes. ``after=True``
+crashes once the k-th write is applied but before its answer arrives.
+"""
+import collections
+import datetime
+
+import numpy as np
+from bson import ObjectId
+
+from queues import demo
+from queues.app import create_app
+from queues.config import Config
+from queues.leaderboard import Leaderboard, desired_entry, newest
+from queues.metrics import Metrics
+from queues.pipeline import CONCORDANCE, DISPATCH, ORIGINALITY, Pipeline
+from queues.recovery import Recovery
+from queues.rounds import Rounds
+from queues.store import ACTIVE, CHECKS, DONE, FAILED, RoundMembers, Store
+from queues.supervisor import Supervisor
+from queues.workers import ConcordanceWorker, Dispatcher, OriginalityWorker
+from scoring import concordance, consistency, originality
+from scoring.originality import PlainIndex
+from scoring.submission import SubmissionError, parse_submission
+
+API_KEY = "harness-key"
+ROUND = 41
+HOST = "harness-host:5151:"
+WRITES = {"update_one", "update_many", "find_one_and_update", "insert_one", "insert_many", "delete_many"}
+
+
+class Crash(BaseException):
+    """The process died here."""
+
+
+class Faults:
+    """Counts writes and crashes at the ``fail_at``-th one (before or after it is applied)."""
+
+    def __init__(self, fail_at=None, after=False):
+        self.fail_at = fail_at
+        self.after = after
+        self.writes = 0
+
+    def write(self, call):
+        self.writes += 1
+        if self.writes == self.fail_at and not self.after:
+            raise Crash("write %d lost" % self.writes)
+        result = call()
+        if self.writes == self.fail_at and self.after:
+            raise Crash("write %d applied, answer lost" % self.writes)
+        return result
+
+
+class FaultyCollection:
+    def __init__(self, collection, faults):
+        self._collection = collection
+        self._faults = faults
+
+    def __getattr__(self, name):
+        found = getattr(self._collection, name)
+        if name in WRITES:
+            return lambda *args, **kwargs: self._faults.write(lambda: found(*args, **kwargs))
+        return found
+
+
+class FaultyDatabase:
+    def __init__(self, db, faults):
+        self._db = db
+        self._faults = faults
+
+    def __getattr__(self, name):
+        if name in ("command", "name", "client"):
+            return getattr(self._db, name)
+        return FaultyCollection(getattr(self._db, name), self._faults)
+
+
+class Node:
+    """One server process: its own memory, a lease owner of its own, the shared database."""
+
+    STAGES = (DISPATCH, CONCORDANCE, ORIGINALITY)
+
+    def __init__(self, db, files, cache_dir, pid, faults=None, rules=None, alive=lambda pid: False):
+        self.pid = pid
+        self.faults = faults or Faults()
+        self.db = FaultyDatabase(db, self.faults)
+        self.store = Store(self.db, owner="%s%d" % (HOST, pid), lease_seconds=30)
+        self.pipeline = Pipeline()
+        self.metrics = Metrics()
+        self.board = Leaderboard(self.store, self.pipeline.stop)
+        self.members = RoundMembers(self.store)
+        rules = rules or Config(api_key=API_KEY).rules
+        rounds = Rounds(files, cache_dir, rules, PlainIndex)
+        parts = dict(store=self.store, rounds=rounds, rules=rules, metrics=self.metrics, board=self.board,
+                     members=self.members)
+        self.workers = {DISPATCH: Dispatcher(self.pipeline, **parts),
+                        CONCORDANCE: ConcordanceWorker(self.pipeline, **parts),
+                        ORIGINALITY: OriginalityWorker(self.pipeline, **parts)}
+        self.recovery = Recovery(self.pipeline, self.store, 60, self.metrics, self.board, self.members,
+                                 owner_prefix=HOST, alive=lambda other: other == pid or alive(other))
+        supervisor = Supervisor(self.pipeline.stop, self.metrics)
+        self.client = create_app(self.store, self.pipeline, Config(api_key=API_KEY), supervisor, self.metrics).test_client()
+
+    def post(self, submission_id):
+        return self.client.post("/", json={"submission_id": submission_id, "api_key": API_KEY})
+
+    def waiting(self, stage):
+        return self.pipeline.queues[stage].qsize()
+
+    def step(self, stage):
+        """Run the next job of ``stage``; returns its outcome, or None when the queue is empty."""
+        inbox = self.pipeline.queues[stage]
+        if inbox.empty():
+            return None
+        job = inbox.get_nowait()
+        try:
+            return self.workers[stage].run(job)
+        finally:
+            self.pipeline.done(stage, job)
+
+    def drain(self):
+        """Run every queued job, then write the leaderboard; repeat until nothing is left."""
+        while True:
+            ran = False
+            for stage in self.STAGES:
+                while self.step(stage) is not None:
+                    ran = True
+            if self.board.pending():
+                self.board.flush(self.board.take(0))
+                ran = True
+            if not ran:
+                return
+
+    def recover(self):
+        """One recovery sweep, then everything it queued."""
+        self.recovery.sweep()
+        self.drain()
+
+
+def expire_leases(db):
+    """Time passes beyond every lease."""
+    db.submissions.update_many({"processing.lease": {"$ne": None}},
+                               {"$set": {"processing.lease.expires": datetime.datetime(2000, 1, 1)}})
+
+
+class World:
+    """A round's data and files, and the submissions a test makes in it."""
+
+    def __init__(self, files, tournament):
+        self.files = files
+        self.tournament = tournament
+        self.clock = datetime.datetime(2017, 3, 20)
+        self.count = 0
+
+    def submit(self, db, username, values=None, raw=None, created=None):
+        """A backend-shaped submission document and its file; returns the id string."""
+        self.count += 1
+        self.clock += datetime.timedelta(minutes=1)
+        sid = str(ObjectId())
+        doc = demo.submission_document(sid, username, created or self.clock, ROUND)
+        if raw is None:
+            raw = demo.submission_csv(self.tournament["id"], np.asarray(values), seed=self.count)
+        self.files.put_submission(username, doc["filename"], raw)
+        db.submissions.insert_one(doc)
+        db.users.update_one({"username": username}, {"$setOnInsert": {"earnings": {"career": {"usd": 1.0, "nmr": 2.0}}}},
+                            upsert=True)
+        return sid
+
+
+def plain_verdicts(db, files, rules, groups, tournament_data, sid):
+    """What the plain rules say of one submission, from its file and the documents (None: broken file)."""
+    doc = db.submissions.find_one({"_id": ObjectId(sid)})
+    ids = tournament_data.ids
+
+    def values_of(d):
+        return parse_submission(files.submission(d["username"], d["filename"]), ids)
+
+    try:
+        values = values_of(doc)
+    except SubmissionError:
+        return None
+    latest = {}
+    for other in db.submissions.find({"competition_id": ROUND, "username": {"$ne": doc["username"]},
+                                      "created": {"$lt": doc["created"]}}):
+        mine = latest.get(other["username"])
+        if mine is None or (other["created"], other["_id"]) > (mine["created"], mine["_id"]):
+            latest[other["username"]] = other
+    others = []
+    for other in latest.values():
+        try:
+            others.append(values_of(other))
+        except SubmissionError:
+            pass
+    t = tournament_data
+    valid = t.validation
+    return {"consistency": consistency.consistency(t.eras[valid], t.targets[valid], values[valid], rules),
+            "concordant": concordance.concordance(groups, values, rules)[1],
+            "original": originality.is_original(values, others, rules)}
+
+
+def check_settled(db):
+    """Invariants of every document at any instant: settled means nothing pending."""
+    for doc in db.submissions.find({"processing.state": {"$in": [DONE, FAILED]}}):
+        for check in CHECKS:
+            assert doc.get(check, {}).get("pending") is False, (doc["_id"], check, doc.get(check))
+        if doc["processing"]["state"] == DONE:
+            assert all(isinstance(doc[check]["value"], bool) for check in CHECKS), doc
+            assert "consistency" in doc
+        else:
+            assert doc["processing"].get("error"), doc
+        assert "lease" not in doc["processing"], doc
+
+
+def check_quiescent(db, expected):
+    """After recovery: nothing unsettled, verdicts as the plain rules say, the leaderboard in line."""
+    check_settled(db)
+    stuck = list(db.submissions.find({"processing.state": {"$in": list(ACTIVE)}}, {"processing": 1}))
+    assert stuck == [], stuck
+    assert db.submissions.count_documents({"processing.board": {"$exists": True}}) == 0
+    by_user = collections.defaultdict(list)
+    for doc in db.submissions.find({"processing": {"$exists": True}}):
+        sid = str(doc["_id"])
+        want = expected.get(sid)
+        if want is None:
+            assert doc["processing"]["state"] == FAILED, doc
+        else:
+            assert doc["processing"]["state"] == DONE, (sid, doc["processing"])
+            assert doc["consistency"] == want["consistency"]
+            assert doc["concordant"]["value"] == want["concordant"], sid
+            assert doc["original"]["value"] == want["original"], sid
+    for doc in db.submissions.find({"competition_id": ROUND}):
+        by_user[doc["username"]].append(doc)
+    board = (db.competitions.find_one({"_id": ROUND}) or {}).get("leaderboard", [])
+    counts = collections.Counter(entry["username"] for entry in board)
+    assert all(n == 1 for n in counts.values()), counts
+    shown = {username for username, docs in by_user.items() if newest(docs) is not None}
+    assert set(counts) == shown, (counts, shown)
+    for entry in board:
+        target = newest(by_user[entry["username"]])
+        assert {key: entry.get(key) for key in desired_entry(target)} == desired_entry(target), (entry, desired_entry(target))

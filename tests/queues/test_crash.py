@@ -1,0 +1,142 @@
+"""A crash at every write: whatever write a process dies at, recovery finishes the record.
+
+Each path is run once per write k on it: the k-th write crashes the
+process, either before it reaches the database or after it is applied
+but before its answer arrives. A new process (another pid of the same
+server) then recovers with no request sent again, except the POSTs the
+client never had an answer to. Then the invariants must hold: nothing
+pending in a settled submission, nothing unsettled, verdicts equal to the
+plain rules, one leaderboard entry per user showing the newest dispatched
+submission with its verdicts. Runs against SecantusDB (the leaderboard's
+grouped writes use array filters).
+"""
+import numpy as np
+import pymongo
+import pytest
+from bson import ObjectId
+
+from queues.errors import PermanentError
+from queues.files import LocalFiles
+from queues.pipeline import CONCORDANCE
+
+from tests.queues.harness import Crash, Faults, Node, World, check_quiescent, plain_verdicts
+
+
+class RoundBroken(PermanentError):
+    pass
+
+
+def near_copy(values):
+    return values + 1e-6
+
+
+# Each path: (submissions to create: [(name, user, kind)], the client's actions).
+PATHS = {
+    "judged": ([("a", "alice", 1), ("b", "bob", 2)], ["post a", "drain", "post b", "drain"]),
+    "failed at dispatch": ([("a", "alice", "broken")], ["post a", "drain"]),
+    "failed at a check": ([("a", "alice", 1)], ["post a", "drain"]),
+    "re-POSTed while queued": ([("a", "alice", 1)], ["post a", "post a", "drain"]),
+    "re-POSTed after done": ([("a", "alice", 1), ("b", "bob", "copy 1")], ["post a", "post b", "drain", "post a", "drain"]),
+    "older then newer": ([("old", "alice", 1), ("new", "alice", 2)], ["post old", "drain", "post new", "drain"]),
+    "newer then older": ([("old", "alice", 1), ("new", "alice", 2)], ["post new", "drain", "post old", "drain"]),
+}
+
+
+@pytest.fixture(scope="module")
+def setting(real_mongo_url, round_frames, round_zip, model_values, tmp_path_factory):
+    folder = tmp_path_factory.mktemp("crash")
+    files = LocalFiles(str(folder / "files"))
+    files.put_dataset(41, str(round_zip))  # once: its version names the cached clusters
+    client = pymongo.MongoClient(real_mongo_url, serverSelectionTimeoutMS=5000)
+    yield client, files, str(folder / "cache"), round_frames[1], round_zip
+    client.close()
+
+
+@pytest.fixture(scope="module")
+def model_values(round_frames):
+    """Two plausible, different prediction vectors (round order)."""
+    rng = np.random.default_rng(3)
+    n = len(round_frames[1])
+    base = np.clip(rng.normal(0.5, 0.04, size=n), 0.01, 0.99).round(5)
+    other = np.clip(rng.normal(0.5, 0.05, size=n), 0.01, 0.99).round(5)
+    return {1: base, 2: other}
+
+
+def run_path(setting, model_values, path, fail_at, after):
+    """Run ``path`` with the ``fail_at``-th write crashing; returns (crashed, writes, db name)."""
+    client, files, cache_dir, tournament, round_zip = setting
+    db = client["crash_%s" % ObjectId()]
+    world = World(files, tournament)
+    made, actions = PATHS[path]
+    ids = {}
+    for name, user, kind in made:
+        if kind == "broken":
+            ids[name] = world.submit(db, user, raw=b"id,probability\nx,1.5\n")
+        elif kind == "copy 1":
+            ids[name] = world.submit(db, user, near_copy(model_values[1]))
+        else:
+            ids[name] = world.submit(db, user, model_values[kind])
+
+    def node(pid, faults=None):
+        built = Node(db, files, cache_dir, pid, faults)
+        if path == "failed at a check":
+            def broken(job, doc, rnd):
+                raise RoundBroken("the round's clusters cannot be compared")
+            built.workers[CONCORDANCE].judge = broken
+        return built
+
+    faults = Faults(fail_at, after)
+    first = node(1, faults)
+    answered = set()
+    crashed = False
+    try:
+        for action in actions:
+            if action == "drain":
+                first.drain()
+            else:
+                sid = ids[action.split()[1]]
+                assert first.post(sid).status_code == 202
+                answered.add(sid)
+    except Crash:
+        crashed = True
+    # A new process of the same server; the client re-sends what it had no answer to.
+    second = node(2)
+    second.recover()
+    for sid in ids.values():
+        if sid not in answered:
+            assert second.post(sid).status_code == 202
+    second.drain()
+    second.recover()
+    return crashed, faults.writes, db, world, ids, node(3)
+
+
+def expected_for(db, files, node, ids):
+    """The plain rules' verdicts for every submission (None: its file is broken)."""
+    rnd = node.workers[CONCORDANCE].rounds.get(41)
+    groups = node.workers[CONCORDANCE].rounds.groups(rnd)
+    rules = node.workers[CONCORDANCE].rules
+    return {sid: plain_verdicts(db, files, rules, groups, rnd.tournament, sid) for sid in ids.values()}
+
+
+@pytest.mark.parametrize("after", [False, True], ids=["write lost", "answer lost"])
+@pytest.mark.parametrize("path", list(PATHS))
+def test_a_crash_at_every_write_is_recovered(setting, model_values, path, after):
+    files = setting[1]
+    k, total = 1, None
+    while True:
+        crashed, writes, db, world, ids, fresh = run_path(setting, model_values, path, k, after)
+        try:
+            expected = expected_for(db, files, fresh, ids)
+            if path == "failed at a check":
+                expected = dict.fromkeys(expected)  # every submission ends failed
+            check_quiescent(db, expected)
+        except AssertionError as exc:
+            raise AssertionError("%s, crash at write %d (%s): %s" % (path, k, "after" if after else "before", exc)) from exc
+        finally:
+            db.client.drop_database(db.name)
+        if not crashed:
+            total = writes
+            break
+        k += 1
+    assert total is not None and k == total + 1
+    assert total >= 3, "the path made too few writes to test anything"
