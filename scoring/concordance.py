@@ -9,6 +9,7 @@ depends only on the round's data, so it is computed once per round
 import numpy as np
 from sklearn.cluster import MiniBatchKMeans
 
+from scoring.dataset import DatasetError
 from scoring.ks import ks_statistic
 from scoring.rules import Rules
 
@@ -63,11 +64,13 @@ def cluster_scores(groups, predictions):
 def concordance(groups, predictions, rules=Rules()):
     """Return ``(mean worst KS, concordant)`` for predictions in round row order.
 
-    Raises ValueError when no cluster holds two data types to compare,
-    which means the round's data cannot support the check.
+    Raises DatasetError when no cluster holds two data types to compare:
+    the round's data cannot support the check, whatever the submission,
+    so the service records that reason instead of an internal error.
     """
     scores = cluster_scores(groups, np.asarray(predictions, dtype=np.float64))
     if not scores:
-        raise ValueError("the round has no cluster with rows of two data types to compare")
+        raise DatasetError("the round's data cannot support concordance: "
+                           "no cluster has rows of two data types (validation, test, live) to compare")
     value = float(np.mean(scores))
     return value, value < rules.concordance_threshold

@@ -15,12 +15,19 @@ def is_constant(values):
 
 
 def pearson(a, b):
-    """Pearson correlation in float64 of two non-constant vectors."""
+    """Pearson correlation in float64 of two non-constant vectors, within [-1, 1].
+
+    Rounding can carry the quotient of an exact affine copy a few units
+    past 1 (1.0000000000000002); a correlation cannot exceed 1, and a
+    limit of 1 must pass every vector, so the value is clipped as scipy's
+    ``pearsonr`` clips it.
+    """
     a = np.asarray(a, dtype=np.float64)
     b = np.asarray(b, dtype=np.float64)
     ca = a - a.mean()
     cb = b - b.mean()
-    return float(np.dot(ca, cb) / np.sqrt(np.dot(ca, ca) * np.dot(cb, cb)))
+    r = float(np.dot(ca, cb) / np.sqrt(np.dot(ca, ca) * np.dot(cb, cb)))
+    return min(1.0, max(-1.0, r))
 
 
 def too_correlated(a, b, rules=Rules()):

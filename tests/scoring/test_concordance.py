@@ -10,6 +10,7 @@ from scipy.stats import ks_2samp
 from sklearn.cluster import MiniBatchKMeans
 
 from scoring.concordance import cluster_groups, concordance, fit_clusters
+from scoring.dataset import DatasetError
 from scoring.rules import Rules
 from tests.conftest import SAMPLES
 
@@ -272,7 +273,7 @@ def test_cluster_with_validation_and_live_only_uses_that_pair():
 def test_no_comparable_cluster_raises():
     labels = np.array([0, 0, 1, 1, 2])
     data_types = np.array(["validation", "validation", "test", "test", "live"])
-    with pytest.raises(ValueError, match="cluster"):
+    with pytest.raises(DatasetError, match="no cluster has rows of two data types"):
         concordance(cluster_groups(labels, data_types), np.linspace(0, 1, 5))
 
 

@@ -75,6 +75,17 @@ def test_pearson_matches_scipy(seed):
         pearsonr(a.astype(np.float32).astype(np.float64), b.astype(np.float32).astype(np.float64)).statistic, abs=1e-12)
 
 
+def test_pearson_of_an_affine_copy_never_passes_one():
+    """Rounding gives 1.0000000000000002 for this copy; a correlation limit of 1 must still pass it."""
+    x = np.random.default_rng(4).beta(2, 6, N)
+    other = 0.5 * x + 0.2
+    ca, cb = x - x.mean(), other - other.mean()
+    assert np.dot(ca, cb) / np.sqrt(np.dot(ca, ca) * np.dot(cb, cb)) > 1.0  # the case the clip exists for
+    assert pearson(x, other) == 1.0
+    assert pearson(x, 0.3 - 0.5 * x) >= -1.0
+    assert not too_correlated(x, other, Rules(correlation_limit=1.0))
+
+
 def test_is_constant():
     assert is_constant(np.array([]))
     assert is_constant(np.array([0.3]))
