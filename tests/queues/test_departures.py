@@ -18,14 +18,17 @@ import numpy as np
 import pytest
 
 from queues import demo, workers
-from queues.pipeline import CONCORDANCE, LEADERBOARD, ORIGINALITY, Job
+from queues.leaderboard import desired_entry, newest
+from queues.pipeline import CONCORDANCE, DISPATCH, ORIGINALITY
 from queues.rounds import Rounds
+from queues.store import RoundMembers
 from scoring import concordance, consistency, originality
 from scoring.ks import ks_statistic
 from scoring.originality import PlainIndex
 from scoring.prepared import PreparedRound
 
 from tests.conftest import ROUND
+from tests.queues.test_workers import Board, drain, make_stages, queue
 
 SAME_INSTANT = datetime.datetime(2017, 3, 19, 12, 0)  # before the clock of conftest.Submitter
 
@@ -51,40 +54,20 @@ def quick_backoff(monkeypatch):
     monkeypatch.setattr(workers, "BACKOFF_CAP", 0.002)
 
 
-def stages_for(pipeline, store, rounds, rules, metrics):
-    parts = (store, rounds, rules, metrics)
-    return {LEADERBOARD: workers.Dispatcher(pipeline, *parts),
-            CONCORDANCE: workers.ConcordanceWorker(pipeline, *parts),
-            ORIGINALITY: workers.OriginalityWorker(pipeline, *parts)}
-
-
 @pytest.fixture
 def stages(pipeline, store, rounds, rules, metrics):
-    return stages_for(pipeline, store, rounds, rules, metrics)
+    return make_stages(pipeline, store, rounds, rules, metrics, Board(), RoundMembers(store))
 
 
 def score(store, pipeline, stages, *ids):
     """Accept ``ids`` and run every job through its stage until nothing is queued; returns outcomes."""
-    for sid in ids:
-        assert store.accept(sid) == "queued"
-        pipeline.put(LEADERBOARD, Job(sid))
-    outcomes = []
-    progress = True
-    while progress:
-        progress = False
-        for stage in (LEADERBOARD, CONCORDANCE, ORIGINALITY):
-            inbox = pipeline.queues[stage]
-            while not inbox.empty():
-                job = inbox.get_nowait()
-                outcomes.append((stage, job.submission_id, stages[stage].run(job)))
-                pipeline.done(stage, job)
-                progress = True
-    return outcomes
+    queue(store, pipeline, *ids)
+    return drain(pipeline, stages)
 
 
 def entry(store, username, competition_id=ROUND):
-    board = store.competitions.find_one({"_id": competition_id})["leaderboard"]
-    return next(e for e in board if e["username"] == username)
+    """What the leaderboard writer makes the user's entry show (tests/queues/test_leaderboard.py proves it does)."""
+    return desired_entry(newest(store.board_submissions(competition_id, [username])))
 
 
 def put_round(files, tmp_path, competition_id, training, tournament):
@@ -196,7 +179,7 @@ def test_transient_error_on_other_file_is_retried_not_skipped(submit, store, pip
     zuz = submit("zuz", values)
     flaky = FlakyFiles(files, "mallory")
     rounds = Rounds(flaky, str(tmp_path / "cache"), rules, index_factory)
-    outcomes = score(store, pipeline, stages_for(pipeline, store, rounds, rules, metrics), zuz)
+    outcomes = score(store, pipeline, make_stages(pipeline, store, rounds, rules, metrics, Board(), RoundMembers(store)), zuz)
     assert flaky.failures == 1
     assert (ORIGINALITY, zuz, "ok") in outcomes
     # not original: mallory's copy was read on the retry and compared, not left out
@@ -239,7 +222,7 @@ def test_cluster_labels_are_pinned_once_computed(submit, store, pipeline, files,
     monkeypatch.setattr(concordance, "fit_clusters", refuse)
     restarted = Rounds(files, cache, rules, index_factory)
     sid = submit("alice", values)
-    score(store, pipeline, stages_for(pipeline, store, restarted, rules, metrics), sid)
+    score(store, pipeline, make_stages(pipeline, store, restarted, rules, metrics, Board(), RoundMembers(store)), sid)
     assert store.get(sid)["concordant"] == {"pending": False, "value": True}
     # the saved labels belong to these settings: another seed clusters the round anew
     reseeded = Rounds(files, cache, dataclasses.replace(rules, concordance_seed=7), index_factory)
@@ -288,8 +271,9 @@ def test_round_without_comparable_cluster_fails_concordance_with_a_reason(submit
     """2017: a cluster with no rows of a data type had no KS statistic and no
     rule for it. The project skips such comparisons; when no cluster of the
     round has two data types to compare (here: a round of validation rows
-    only), the concordance check ends with that reason, not an internal error,
-    and originality is still judged.
+    only), the concordance check ends with that reason, not an internal error.
+    A failure ends the submission in one write: a check that had not finished
+    by then records the same reason.
     """
     training, tournament = round_frames
     only_validation = tournament[tournament.data_type == "validation"].reset_index(drop=True)
@@ -301,6 +285,6 @@ def test_round_without_comparable_cluster_fails_concordance_with_a_reason(submit
     doc = store.get(sid)
     assert doc["concordant"]["pending"] is False and doc["concordant"]["value"] is None
     assert "no cluster has rows of two data types" in doc["concordant"]["error"]
-    assert doc["original"] == {"pending": False, "value": True}
+    assert doc["original"] == doc["concordant"]  # concordance ran first and ended the claim
     assert doc["processing"]["state"] == "failed"
     assert not any("unexpected error" in r.getMessage() for r in caplog.records)
