@@ -23,7 +23,6 @@ log = logging.getLogger(__name__)
 MAX_BODY_BYTES = 16 * 1024
 #: Seconds a client should wait before retrying when the database is away.
 RETRY_AFTER = 5
-FIELDS = ("submission_id", "api_key", "user_id")
 
 
 class BadRequest(Exception):
