@@ -301,3 +301,58 @@ def test_originality_reads_no_file_the_dispatcher_already_read(submit, store, pi
     drain(pipeline, stages)
     assert reads == []
     assert all(store.get(sid)["processing"]["state"] == "done" for sid in ids)
+
+
+class Rejecting:
+    """Wraps an object so that one method raises ``error`` on every call, counting the calls."""
+
+    def __init__(self, inner, method, error):
+        self.inner, self.method, self.error, self.calls = inner, method, error, 0
+
+    def __getattr__(self, name):
+        attribute = getattr(self.inner, name)
+        if name != self.method:
+            return attribute
+
+        def rejected(*args, **kwargs):
+            self.calls += 1
+            raise self.error
+        return rejected
+
+
+MISCONFIGURED = {
+    "credentials": pymongo.errors.OperationFailure("Authentication failed.", code=18),
+    "not-authorised": pymongo.errors.OperationFailure("not authorized on numerai to execute command", code=13),
+}
+
+
+@pytest.mark.parametrize("kind", sorted(MISCONFIGURED))
+def test_a_database_misconfiguration_defers_once_without_failing(submit, store, pipeline, rounds, rules, metrics,
+                                                                model, caplog, kind):
+    sid = submit("alice", model(1))
+    store.accept_many([sid])
+    rejecting = Rejecting(store, "begin", MISCONFIGURED[kind])
+    dispatcher = workers.Dispatcher(pipeline, rejecting, rounds, rules, metrics)
+    assert dispatcher.run(Job(sid)) == "deferred"
+    assert rejecting.calls == 1  # not retried in a loop: the recovery sweep comes back later
+    doc = store.get(sid)
+    assert doc["processing"]["state"] == "queued" and doc["processing"]["error"] is None
+    assert metrics.outcomes.labels("failed")._value.get() == 0
+    assert metrics.outcomes.labels("retried")._value.get() == 0
+    line = [record.getMessage() for record in caplog.records if record.levelname == "ERROR"]
+    assert len(line) == 1 and sid in line[0] and "MONGO_" in line[0] and "recovery" in line[0]
+
+
+def test_s3_keys_that_are_refused_do_not_fail_the_submission(submit, store, pipeline, rounds, rules, metrics, model):
+    """A wrong S3 key is the operators' to fix: before, every submission failed as an internal error."""
+    import botocore.exceptions
+    sid = submit("alice", model(1))
+    store.accept_many([sid])
+    denied = botocore.exceptions.ClientError(
+        {"Error": {"Code": "InvalidAccessKeyId", "Message": "x"}, "ResponseMetadata": {"HTTPStatusCode": 403}}, "GetObject")
+    rounds.files = Rejecting(rounds.files, "submission", denied)
+    dispatcher = workers.Dispatcher(pipeline, store, rounds, rules, metrics)
+    assert dispatcher.run(Job(sid)) == "deferred"
+    assert rounds.files.calls == 1
+    assert store.get(sid)["processing"]["state"] == "scoring"  # recovery dispatches it again
+    assert "error" not in (store.get(sid).get("original") or {})
