@@ -12,7 +12,7 @@ import queue
 import random
 import time
 
-from queues.errors import PERMANENT, MissingSubmission, is_transient, misconfiguration, reason
+from queues.errors import PERMANENT, MissingSubmission, is_misconfiguration, is_transient, misconfiguration, reason
 from queues.pipeline import CONCORDANCE, LEADERBOARD, ORIGINALITY, Job
 from scoring import concordance, consistency
 
@@ -85,7 +85,7 @@ class Worker:
                 log.info("%s: %s failed: %s", sid, self.stage, reason(exc))
                 return self.fail(job, reason(exc))
             except Exception as exc:  # sorted below: misconfiguration, transient or a bug
-                if misconfiguration(exc):  # no submission's fault, and retrying now cannot help
+                if is_misconfiguration(exc):  # no submission's fault, and retrying now cannot help
                     log.error("%s: %s cannot go on: %s; the recovery sweep will retry it",
                               sid, self.stage, misconfiguration(exc))
                     return "deferred"
