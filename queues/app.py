@@ -25,8 +25,11 @@ MAX_BODY_BYTES = 16 * 1024
 RETRY_AFTER = 5
 
 
-class BadRequest(Exception):
-    """A request the client must change; ``status`` and ``message`` say how."""
+class Refused(Exception):
+    """A request answered with a 4xx: ``status`` and a ``message`` the client can act on.
+
+    Not called BadRequest: that is Werkzeug's 400, and this carries 401s and 404s too.
+    """
 
     def __init__(self, status, message):
         super().__init__(message)
@@ -42,7 +45,7 @@ def error(status, message, **headers):
 
 
 def read_body():
-    """The request fields from a JSON object or a form; BadRequest otherwise."""
+    """The request fields from a JSON object or a form; Refused otherwise."""
     if request.mimetype in ("application/x-www-form-urlencoded", "multipart/form-data"):
         return request.form.to_dict()
     try:
@@ -50,24 +53,24 @@ def read_body():
     except (ValueError, RecursionError):  # RecursionError: deeply nested arrays
         body = None
     if not isinstance(body, dict):
-        raise BadRequest(400, "the body must be a JSON object (or form fields) with submission_id and api_key")
+        raise Refused(400, "the body must be a JSON object (or form fields) with submission_id and api_key")
     return body
 
 
 def check_key(given, expected):
     """Constant-time comparison of the presented key; 401 when absent or wrong."""
     if not isinstance(given, str) or not given:
-        raise BadRequest(401, "an api_key is required")
+        raise Refused(401, "an api_key is required")
     if not hmac.compare_digest(given.encode("utf-8", "surrogatepass"), expected.encode("utf-8")):
-        raise BadRequest(401, "the api_key is not valid")
+        raise Refused(401, "the api_key is not valid")
 
 
 def check_id(value):
     """The submission id as a string, or 400 unless it is a 24-hex ObjectId."""
     if value is None or value == "":
-        raise BadRequest(400, "submission_id is required")
+        raise Refused(400, "submission_id is required")
     if not isinstance(value, str) or not ObjectId.is_valid(value):
-        raise BadRequest(400, "submission_id must be a 24-character hexadecimal MongoDB ObjectId")
+        raise Refused(400, "submission_id must be a 24-character hexadecimal MongoDB ObjectId")
     return value.lower()
 
 
@@ -102,8 +105,8 @@ def create_app(store, pipeline, config, supervisor, metrics):
     app.config["MAX_CONTENT_LENGTH"] = MAX_BODY_BYTES
     acceptor = Acceptor(store)
 
-    @app.errorhandler(BadRequest)
-    def bad_request(exc):
+    @app.errorhandler(Refused)
+    def refused(exc):
         return error(exc.status, exc.message)
 
     @app.errorhandler(HTTPException)
@@ -131,13 +134,13 @@ def create_app(store, pipeline, config, supervisor, metrics):
         check_key(body.get("api_key"), config.api_key)
         submission_id = check_id(body.get("submission_id"))
         if body.get("user_id") is not None and not isinstance(body["user_id"], str):
-            raise BadRequest(400, "user_id, when given, must be a string")
+            raise Refused(400, "user_id, when given, must be a string")
         # A repeat of a submission this process already holds needs no round trip:
         # the request that queued it recorded that durably, and a worker forgets
         # an id only after its final write.
         outcome = "already" if pipeline.anywhere(submission_id) else acceptor.accept(submission_id)
         if outcome == "missing":
-            raise BadRequest(404, "no submission with id %s" % submission_id)
+            raise Refused(404, "no submission with id %s" % submission_id)
         if outcome == "queued":
             pipeline.put(LEADERBOARD, Job(submission_id))
             log.info("%s: accepted", submission_id)
@@ -150,7 +153,7 @@ def create_app(store, pipeline, config, supervisor, metrics):
         check_key(request.headers.get("X-API-Key"), config.api_key)
         doc = store.get(check_id(submission_id))
         if doc is None:
-            raise BadRequest(404, "no submission with id %s" % submission_id)
+            raise Refused(404, "no submission with id %s" % submission_id)
         return jsonify(summary(doc))
 
     @app.get("/health")

@@ -271,3 +271,14 @@ def test_a_repeat_of_a_submission_in_flight_needs_no_database_round_trip(store, 
     store.submissions.update_one({}, {"$set": {"processing.state": "done"}})
     assert post(client, submission_id=sid, api_key=API_KEY).get_json()["duplicate"] is False
     assert counting.accepts == 2
+
+
+def test_no_name_in_the_app_shadows_a_werkzeug_exception():
+    """``BadRequest`` meant Werkzeug's 400 everywhere but here, where it also carried 401s and 404s."""
+    import werkzeug.exceptions
+
+    from queues import app as module
+    theirs = {name: value for name, value in vars(werkzeug.exceptions).items()
+              if isinstance(value, type) and issubclass(value, werkzeug.exceptions.HTTPException)}
+    shadowed = [name for name, value in vars(module).items() if name in theirs and value is not theirs[name]]
+    assert shadowed == []
