@@ -8,6 +8,7 @@ import datetime
 import hmac
 import json
 import logging
+import re
 
 import pymongo.errors
 from bson import ObjectId
@@ -23,6 +24,13 @@ log = logging.getLogger(__name__)
 MAX_BODY_BYTES = 16 * 1024
 #: Seconds a client should wait before retrying when the database is away.
 RETRY_AFTER = 5
+FORM_TYPES = ("application/x-www-form-urlencoded", "multipart/form-data")
+#: Where each endpoint takes the key from, for the 401 that says it is missing.
+KEY_IN_BODY = "send it as api_key in the body, or in the X-API-Key header"
+KEY_IN_HEADER = "send it in the X-API-Key header"
+LOCAL_KEY_HINT = " (local mode: the development key is in the README)"
+PLUS_AS_SPACE = ("; it contains a space, which is what a '+' becomes in form fields sent without "
+                 "URL-encoding: send '+' as %2B, or send JSON")
 
 
 class Refused(Exception):
@@ -45,24 +53,72 @@ def error(status, message, **headers):
 
 
 def read_body():
-    """The request fields from a JSON object or a form; Refused otherwise."""
-    if request.mimetype in ("application/x-www-form-urlencoded", "multipart/form-data"):
-        return request.form.to_dict()
+    """The request fields: a JSON object whatever the Content-Type says, else form fields.
+
+    The 2017 README taught ``curl -X POST -d '{...}'``, and curl's ``-d``
+    labels that JSON as a form; the body, not its label, says what it is.
+    """
+    raw = request.get_data(cache=True)  # cached: a form is parsed from the same bytes
     try:
-        body = json.loads(request.get_data(cache=False))
+        body = json.loads(raw)
     except (ValueError, RecursionError):  # RecursionError: deeply nested arrays
         body = None
-    if not isinstance(body, dict):
-        raise Refused(400, "the body must be a JSON object (or form fields) with submission_id and api_key")
-    return body
+    if isinstance(body, dict):
+        return body
+    if request.mimetype in FORM_TYPES:
+        return request.form.to_dict()
+    raise Refused(400, "the body must be a JSON object (or form fields) with submission_id and api_key")
 
 
-def check_key(given, expected):
-    """Constant-time comparison of the presented key; 401 when absent or wrong."""
-    if not isinstance(given, str) or not given:
-        raise Refused(401, "an api_key is required")
+def check_key(given, expected, where, local=False):
+    """Constant-time comparison of the presented key; 401 saying what to change.
+
+    ``where`` says where the endpoint takes the key from. The key itself is
+    never echoed: a wrong one is only said to contain a space, the mark of
+    a '+' sent unencoded in a form.
+    """
+    if given is None or given == "":
+        raise Refused(401, "an API key is required: %s%s" % (where, LOCAL_KEY_HINT if local else ""))
+    if not isinstance(given, str):
+        raise Refused(401, "the API key must be a string: %s" % where)
     if not hmac.compare_digest(given.encode("utf-8", "surrogatepass"), expected.encode("utf-8")):
-        raise Refused(401, "the api_key is not valid")
+        raise Refused(401, "the API key is not valid" + (PLUS_AS_SPACE if " " in given else ""))
+
+
+def check_user(body):
+    """The optional user name: ``user_id``, or ``user`` as the 2017 clients sent it."""
+    user, alias = body.get("user_id"), body.get("user")
+    if user is None:
+        user = alias
+    elif alias is not None and alias != user:
+        raise Refused(400, "user and user_id name different users; send one of them")
+    if user is not None and not isinstance(user, str):
+        raise Refused(400, "user_id (or user), when given, must be a string")
+    return user
+
+
+def check_round(value):
+    """The optional ``competition_id`` as an int (a form sends it as text); 400 unless it is one."""
+    if value is None or value == "":
+        return None
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    if isinstance(value, str) and re.fullmatch(r"[0-9]{1,9}", value.strip()):
+        return int(value)
+    raise Refused(400, "competition_id, when given, must be a round number such as 41")
+
+
+def check_same_round(doc, submission_id, competition_id):
+    """400 when the request names another round than the submission's own."""
+    try:
+        actual = int(doc.get("competition_id"))
+    except (TypeError, ValueError):  # a document without a usable round fails when judged
+        return
+    if actual != competition_id:
+        raise Refused(400, "submission %s belongs to round %d, not to competition_id %d"
+                      % (submission_id, actual, competition_id))
 
 
 def check_id(value):
@@ -131,10 +187,17 @@ def create_app(store, pipeline, config, supervisor, metrics):
     @app.post("/")
     def submit():
         body = read_body()
-        check_key(body.get("api_key"), config.api_key)
+        given = body.get("api_key")
+        check_key(request.headers.get("X-API-Key") if given is None else given, config.api_key,
+                  KEY_IN_BODY, config.local)
         submission_id = check_id(body.get("submission_id"))
-        if body.get("user_id") is not None and not isinstance(body["user_id"], str):
-            raise Refused(400, "user_id, when given, must be a string")
+        check_user(body)
+        competition_id = check_round(body.get("competition_id"))
+        if competition_id is not None:  # only then is the document read first
+            doc = store.get(submission_id)
+            if doc is None:
+                raise Refused(404, "no submission with id %s" % submission_id)
+            check_same_round(doc, submission_id, competition_id)
         # A repeat of a submission this process already holds needs no round trip:
         # the request that queued it recorded that durably, and a worker forgets
         # an id only after its final write.
@@ -150,7 +213,9 @@ def create_app(store, pipeline, config, supervisor, metrics):
 
     @app.get("/submissions/<submission_id>")
     def show(submission_id):
-        check_key(request.headers.get("X-API-Key"), config.api_key)
+        if "api_key" in request.args and not request.headers.get("X-API-Key"):
+            raise Refused(401, "send the API key in the X-API-Key header, not in the URL, where logs keep it")
+        check_key(request.headers.get("X-API-Key"), config.api_key, KEY_IN_HEADER, config.local)
         doc = store.get(check_id(submission_id))
         if doc is None:
             raise Refused(404, "no submission with id %s" % submission_id)

@@ -8,6 +8,7 @@ import pymongo.errors
 import pytest
 
 from queues.app import MAX_BODY_BYTES, create_app
+from queues.config import LOCAL_API_KEY, Config
 from queues.pipeline import LEADERBOARD
 from tests.conftest import API_KEY
 
@@ -282,3 +283,94 @@ def test_no_name_in_the_app_shadows_a_werkzeug_exception():
               if isinstance(value, type) and issubclass(value, werkzeug.exceptions.HTTPException)}
     shadowed = [name for name, value in vars(module).items() if name in theirs and value is not theirs[name]]
     assert shadowed == []
+
+
+# -- the 2017 request forms -------------------------------------------------------------
+def test_the_2017_curl_form_a_json_body_labelled_as_a_form_is_accepted(client, submit, model, pipeline):
+    """``curl -X POST -d '{...}'`` labels JSON as application/x-www-form-urlencoded."""
+    sid = submit("zuz", model(1))
+    body = json.dumps({"user": "zuz", "submission_id": sid, "competition_id": 41, "api_key": API_KEY})
+    for content_type in ("application/x-www-form-urlencoded", "text/plain", None):
+        response = client.post("/", data=body, content_type=content_type)
+        assert response.status_code == 202, response.get_json()
+    assert pipeline.depth(LEADERBOARD) == 1
+
+
+def test_the_2017_requests_form_with_user_and_competition_id(client, submit, model, pipeline):
+    """``requests.post(url, data={'user': ..., 'submission_id': ..., 'competition_id': 41})``: all text."""
+    sid = submit("zuz", model(1))
+    response = client.post("/", data={"user": "zuz", "submission_id": sid, "competition_id": "41", "api_key": API_KEY})
+    assert response.status_code == 202, response.get_json()
+    assert pipeline.depth(LEADERBOARD) == 1
+
+
+@pytest.mark.parametrize("given", [40, "40", 40.0])
+def test_a_competition_id_other_than_the_submissions_round_is_400(client, submit, model, pipeline, store, given):
+    sid = submit("zuz", model(1))
+    response = post(client, submission_id=sid, api_key=API_KEY, competition_id=given)
+    assert response.status_code == 400
+    assert response.get_json()["error"] == "submission %s belongs to round 41, not to competition_id 40" % sid
+    assert pipeline.depth(LEADERBOARD) == 0 and "processing" not in store.get(sid)
+
+
+@pytest.mark.parametrize("given", ["round 41", True, 41.5, [41], {"n": 41}, "-41"])
+def test_a_competition_id_that_is_not_a_round_number_is_400(client, submit, model, given):
+    response = post(client, submission_id=submit("zuz", model(1)), api_key=API_KEY, competition_id=given)
+    assert response.status_code == 400
+    assert "competition_id" in response.get_json()["error"]
+
+
+def test_a_competition_id_with_an_unknown_submission_is_404(client):
+    response = post(client, submission_id="5" * 24, api_key=API_KEY, competition_id=41)
+    assert response.status_code == 404
+
+
+@pytest.mark.parametrize("body, status", [
+    ({"user": "zuz"}, 202),
+    ({"user_id": "zuz", "user": "zuz"}, 202),
+    ({"user_id": "zuz", "user": "bob"}, 400),
+    ({"user": 7}, 400),
+])
+def test_user_is_another_name_for_user_id(client, submit, model, body, status):
+    response = post(client, submission_id=submit("zuz", model(1)), api_key=API_KEY, **body)
+    assert response.status_code == status, response.get_json()
+
+
+def test_a_missing_key_says_where_it_goes(client, submit, model):
+    sid = submit("zuz", model(1))
+    message = post(client, submission_id=sid).get_json()["error"]
+    assert "api_key" in message and "X-API-Key" in message
+    assert "README" not in message  # production has no development key to point to
+    message = client.get("/submissions/" + sid).get_json()["error"]
+    assert "X-API-Key" in message
+    in_url = client.get("/submissions/%s?api_key=%s" % (sid, API_KEY))
+    assert in_url.status_code == 401 and "not in the URL" in in_url.get_json()["error"]
+
+
+def test_in_local_mode_a_missing_key_points_to_the_readme(store, pipeline, supervisor, metrics, submit, model):
+    local = create_app(store, pipeline, Config(api_key=LOCAL_API_KEY, local=True), supervisor, metrics).test_client()
+    sid = submit("zuz", model(1))
+    assert "development key is in the README" in post(local, submission_id=sid).get_json()["error"]
+    assert "development key is in the README" in local.get("/submissions/" + sid).get_json()["error"]
+
+
+def test_the_key_may_come_in_the_header_of_a_post(client, submit, model, pipeline):
+    sid = submit("zuz", model(1))
+    assert client.post("/", json={"submission_id": sid}, headers={"X-API-Key": API_KEY}).status_code == 202
+    assert client.post("/", json={"submission_id": sid}, headers={"X-API-Key": "wrong"}).status_code == 401
+
+
+def test_a_plus_sent_unencoded_in_a_form_is_explained(store, pipeline, supervisor, metrics, submit, model, caplog):
+    """The development key has a '+'; a hand-written form turns it into a space."""
+    local = create_app(store, pipeline, Config(api_key=LOCAL_API_KEY, local=True), supervisor, metrics).test_client()
+    sid = submit("zuz", model(1))
+    raw = "submission_id=%s&api_key=%s" % (sid, LOCAL_API_KEY)
+    response = local.post("/", data=raw, content_type="application/x-www-form-urlencoded")
+    assert response.status_code == 401
+    message = response.get_json()["error"]
+    assert "%2B" in message and "space" in message
+    assert LOCAL_API_KEY.replace("+", " ") not in response.get_data(as_text=True) + caplog.text
+    encoded = "submission_id=%s&api_key=%s" % (sid, LOCAL_API_KEY.replace("+", "%2B").replace("/", "%2F").replace("=", "%3D"))
+    assert local.post("/", data=encoded, content_type="application/x-www-form-urlencoded").status_code == 202
+    wrong = local.post("/", json={"submission_id": sid, "api_key": "not-the-key"}).get_json()["error"]
+    assert "%2B" not in wrong  # only a key with a space gets the hint
