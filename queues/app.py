@@ -13,7 +13,7 @@ import re
 import pymongo.errors
 from bson import ObjectId
 from flask import Flask, Response, jsonify, request
-from werkzeug.exceptions import HTTPException
+from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
 from queues.intake import Acceptor
 from queues.pipeline import LEADERBOARD, STAGES, Job
@@ -167,6 +167,10 @@ def create_app(store, pipeline, config, supervisor, metrics):
 
     @app.errorhandler(HTTPException)
     def http_error(exc):
+        if isinstance(exc, RequestEntityTooLarge):
+            return error(413, "the body is over the %d KiB (%d bytes) limit; a request needs only submission_id "
+                              "and api_key (user_id and competition_id are optional)"
+                         % (MAX_BODY_BYTES // 1024, MAX_BODY_BYTES))
         return error(exc.code, exc.description)
 
     @app.errorhandler(pymongo.errors.PyMongoError)

@@ -116,7 +116,7 @@ def test_oversized_bodies_are_413(client):
     body = json.dumps({"submission_id": "5" * 24, "api_key": API_KEY, "pad": "x" * MAX_BODY_BYTES})
     response = client.post("/", data=body, content_type="application/json")
     assert response.status_code == 413
-    assert "error" in response.get_json()
+    assert "16 KiB (16384 bytes) limit" in response.get_json()["error"]
 
 
 class AwayStore:
