@@ -28,6 +28,14 @@ FORM_TYPES = ("application/x-www-form-urlencoded", "multipart/form-data")
 #: Where each endpoint takes the key from, for the 401 that says it is missing.
 KEY_IN_BODY = "send it as api_key in the body, or in the X-API-Key header"
 KEY_IN_HEADER = "send it in the X-API-Key header"
+#: What each endpoint can answer: its request counters are exported at 0 from the start.
+ANSWERS = {
+    "/": (202, 400, 401, 404, 405, 413, 500, 503),
+    "/submissions/<submission_id>": (200, 400, 401, 404, 500, 503),
+    "/health": (200, 503),
+    "/metrics": (200,),
+    "other": (404,),
+}
 LOCAL_KEY_HINT = " (local mode: the development key is in the README)"
 PLUS_AS_SPACE = ("; it contains a space, which is what a '+' becomes in form fields sent without "
                  "URL-encoding: send '+' as %2B, or send JSON")
@@ -160,6 +168,8 @@ def create_app(store, pipeline, config, supervisor, metrics):
     app = Flask(__name__)
     app.config["MAX_CONTENT_LENGTH"] = MAX_BODY_BYTES
     acceptor = Acceptor(store)
+    for endpoint, statuses in ANSWERS.items():
+        metrics.expect_requests(endpoint, statuses)
 
     @app.errorhandler(Refused)
     def refused(exc):
