@@ -15,6 +15,7 @@ from bson import ObjectId
 from flask import Flask, Response, jsonify, request
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
+from queues.errors import misconfiguration
 from queues.intake import Acceptor
 from queues.pipeline import LEADERBOARD, STAGES, Job
 
@@ -24,6 +25,8 @@ log = logging.getLogger(__name__)
 MAX_BODY_BYTES = 16 * 1024
 #: Seconds a client should wait before retrying when the database is away.
 RETRY_AFTER = 5
+#: An id no submission has, for probing the database's read rights.
+NO_SUCH_ID = "0" * 24
 FORM_TYPES = ("application/x-www-form-urlencoded", "multipart/form-data")
 #: Where each endpoint takes the key from, for the 401 that says it is missing.
 KEY_IN_BODY = "send it as api_key in the body, or in the X-API-Key header"
@@ -138,6 +141,23 @@ def check_id(value):
     return value.lower()
 
 
+def database_status(store):
+    """The database as /health and the metrics report it.
+
+    "ok"; "misconfigured: <what to fix>" when it rejects the server's
+    credentials or rights (retrying cannot help); else "unavailable (<error>)".
+    A ping needs no rights, so a read of the submissions (by an id that
+    matches nothing) checks them as well.
+    """
+    try:
+        store.ping()
+        store.get(NO_SUCH_ID)
+    except pymongo.errors.PyMongoError as exc:
+        what = misconfiguration(exc)
+        return "misconfigured: %s" % what if what else "unavailable (%s)" % type(exc).__name__
+    return "ok"
+
+
 def public(value):
     """Make a document value JSON-friendly (ObjectIds and datetimes as strings)."""
     if isinstance(value, dict):
@@ -185,6 +205,10 @@ def create_app(store, pipeline, config, supervisor, metrics):
 
     @app.errorhandler(pymongo.errors.PyMongoError)
     def database_away(exc):
+        what = misconfiguration(exc)
+        if what:  # retrying cannot help: say what the operators must fix
+            log.error("database misconfigured while answering %s %s: %s", request.method, request.path, what)
+            return error(500, "the server is misconfigured: %s; nothing was recorded" % what)
         log.warning("database unavailable while answering %s %s: %s", request.method, request.path, type(exc).__name__)
         return error(503, "the database is unavailable; nothing was recorded, retry later", **{"Retry-After": str(RETRY_AFTER)})
 
@@ -238,11 +262,7 @@ def create_app(store, pipeline, config, supervisor, metrics):
     @app.get("/health")
     def health():
         threads = supervisor.alive()
-        try:
-            store.ping()
-            database = "ok"
-        except pymongo.errors.PyMongoError as exc:
-            database = "unavailable (%s)" % type(exc).__name__
+        database = database_status(store)
         healthy = database == "ok" and all(threads.values())
         body = {"status": "ok" if healthy else "degraded", "http": "ok", "database": database,
                 "threads": threads, "queues": {stage: pipeline.depth(stage) for stage in STAGES}}

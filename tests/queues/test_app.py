@@ -374,3 +374,55 @@ def test_a_plus_sent_unencoded_in_a_form_is_explained(store, pipeline, superviso
     assert local.post("/", data=encoded, content_type="application/x-www-form-urlencoded").status_code == 202
     wrong = local.post("/", json={"submission_id": sid, "api_key": "not-the-key"}).get_json()["error"]
     assert "%2B" not in wrong  # only a key with a space gets the hint
+
+
+# -- a database that rejects the server's settings ------------------------------------------
+class RejectingStore:
+    """A store whose database answers, but refuses the server: ``methods`` raise ``error``."""
+
+    def __init__(self, store, error, methods):
+        self.store, self.error, self.methods = store, error, methods
+
+    def __getattr__(self, name):
+        if name not in self.methods:
+            return getattr(self.store, name)
+
+        def rejected(*args, **kwargs):
+            raise self.error
+        return rejected
+
+
+SECRET_IN_ERROR = "pw-7f3a-in-the-driver-message"
+
+
+@pytest.mark.parametrize("error, setting", [
+    (pymongo.errors.OperationFailure("Authentication failed for judge:" + SECRET_IN_ERROR, code=18), "MONGO_URL"),
+    (pymongo.errors.ServerSelectionTimeoutError(
+        "authentication failed, full error: {'ok': 0.0, 'errmsg': 'authentication failed', 'code': 18, "
+        "'codeName': 'AuthenticationFailed', 'x': '%s'}" % SECRET_IN_ERROR), "MONGO_URL"),
+], ids=["auth-failed", "auth-failed-later"])
+def test_rejected_credentials_are_a_500_naming_the_misconfiguration(store, pipeline, config, supervisor, metrics,
+                                                                    submit, model, error, setting):
+    sid = submit("zuz", model(1))
+    client = create_app(RejectingStore(store, error, ("ping", "get", "accept_many")), pipeline, config,
+                        supervisor, metrics).test_client()
+    for response in (post(client, submission_id=sid, api_key=API_KEY),
+                     client.get("/submissions/" + sid, headers={"X-API-Key": API_KEY})):
+        assert response.status_code == 500
+        message = response.get_json()["error"]
+        assert "misconfigured" in message and setting in message and "AuthenticationFailed" in message
+        assert "Retry-After" not in response.headers  # retrying will not help
+        assert SECRET_IN_ERROR not in response.get_data(as_text=True)
+    assert pipeline.depth(LEADERBOARD) == 0
+    health = client.get("/health")
+    assert health.status_code == 503
+    assert health.get_json()["database"].startswith("misconfigured: ") and setting in health.get_json()["database"]
+
+
+def test_health_notices_a_user_without_rights_although_ping_answers(store, pipeline, config, supervisor, metrics):
+    not_authorised = pymongo.errors.OperationFailure("not authorized on numerai to execute command { find }", code=13)
+    client = create_app(RejectingStore(store, not_authorised, ("get",)), pipeline, config,
+                        supervisor, metrics).test_client()
+    body = client.get("/health").get_json()
+    assert body["database"].startswith("misconfigured: ") and "Unauthorized" in body["database"]
+    assert "MONGO_DB_NAME" in body["database"]
