@@ -8,7 +8,10 @@ import datetime
 import hmac
 import json
 import logging
+import math
 import re
+import threading
+import time
 
 import pymongo.errors
 from bson import ObjectId
@@ -25,6 +28,11 @@ log = logging.getLogger(__name__)
 MAX_BODY_BYTES = 16 * 1024
 #: Seconds a client should wait before retrying when the database is away.
 RETRY_AFTER = 5
+#: GET /submissions/<id>?wait=<seconds> answers once the submission is settled
+#: (done or failed) or after at most MAX_WAIT seconds, reading it every WAIT_POLL.
+MAX_WAIT = 30.0
+WAIT_POLL = 0.5
+UNSETTLED = ("queued", "scoring")
 #: An id no submission has, for probing the database's read rights.
 NO_SUCH_ID = "0" * 24
 FORM_TYPES = ("application/x-www-form-urlencoded", "multipart/form-data")
@@ -34,7 +42,7 @@ KEY_IN_HEADER = "send it in the X-API-Key header"
 #: What each endpoint can answer: its request counters are exported at 0 from the start.
 ANSWERS = {
     "/": (202, 400, 401, 404, 405, 413, 500, 503),
-    "/submissions/<submission_id>": (200, 400, 401, 404, 500, 503),
+    "/submissions/<submission_id>": (200, 400, 401, 404, 429, 500, 503),
     "/health": (200, 503),
     "/metrics": (200,),
     "other": (404,),
@@ -50,10 +58,11 @@ class Refused(Exception):
     Not called BadRequest: that is Werkzeug's 400, and this carries 401s and 404s too.
     """
 
-    def __init__(self, status, message):
+    def __init__(self, status, message, **headers):
         super().__init__(message)
         self.status = status
         self.message = message
+        self.headers = headers
 
 
 def error(status, message, **headers):
@@ -158,6 +167,59 @@ def database_status(store):
     return "ok"
 
 
+def wait_seconds(value):
+    """The ``wait`` query parameter as seconds, capped at MAX_WAIT; 400 unless it is a number >= 0."""
+    if value is None:
+        return 0.0
+    try:
+        seconds = float(value)
+    except ValueError:
+        seconds = math.nan
+    if not seconds >= 0:  # also refuses NaN
+        raise Refused(400, "wait must be a number of seconds, 0 to %g (longer waits are cut to %g)" % (MAX_WAIT, MAX_WAIT))
+    return min(seconds, MAX_WAIT)
+
+
+def settled(doc):
+    return ((doc.get("processing") or {}).get("state")) not in UNSETTLED
+
+
+class Waits:
+    """Requests waiting for a submission to settle, at most ``limit`` at once.
+
+    Each waits on a thread of the HTTP server's pool; the limit keeps waits
+    from taking them all. ``stop`` (set when the server stops) ends every wait.
+    """
+
+    def __init__(self, limit, stop):
+        self.limit = limit
+        self.stop = stop
+        self._slots = threading.BoundedSemaphore(limit)
+
+    def until_settled(self, doc, read, seconds):
+        """``doc`` once settled, read again every WAIT_POLL, for up to ``seconds``.
+
+        Waiting takes a slot only when there is something to wait for;
+        Refused(429) when every slot is taken.
+        """
+        if seconds <= 0 or doc is None or settled(doc):
+            return doc
+        if not self._slots.acquire(blocking=False):
+            raise Refused(429, "too many requests are waiting for submissions to be judged (limit %d, half of "
+                               "HTTP_THREADS); ask again without wait, or retry in %d seconds"
+                          % (self.limit, RETRY_AFTER), **{"Retry-After": str(RETRY_AFTER)})
+        try:
+            deadline = time.monotonic() + seconds
+            while doc is not None and not settled(doc):
+                left = deadline - time.monotonic()
+                if left <= 0 or self.stop.wait(min(WAIT_POLL, left)):
+                    break
+                doc = read()
+            return doc
+        finally:
+            self._slots.release()
+
+
 def public(value):
     """Make a document value JSON-friendly (ObjectIds and datetimes as strings)."""
     if isinstance(value, dict):
@@ -188,12 +250,13 @@ def create_app(store, pipeline, config, supervisor, metrics):
     app = Flask(__name__)
     app.config["MAX_CONTENT_LENGTH"] = MAX_BODY_BYTES
     acceptor = Acceptor(store)
+    waits = Waits(max(1, config.http_threads // 2), pipeline.stop)
     for endpoint, statuses in ANSWERS.items():
         metrics.expect_requests(endpoint, statuses)
 
     @app.errorhandler(Refused)
     def refused(exc):
-        return error(exc.status, exc.message)
+        return error(exc.status, exc.message, **exc.headers)
 
     @app.errorhandler(HTTPException)
     def http_error(exc):
@@ -254,7 +317,9 @@ def create_app(store, pipeline, config, supervisor, metrics):
         if "api_key" in request.args and not request.headers.get("X-API-Key"):
             raise Refused(401, "send the API key in the X-API-Key header, not in the URL, where logs keep it")
         check_key(request.headers.get("X-API-Key"), config.api_key, KEY_IN_HEADER, config.local)
-        doc = store.get(check_id(submission_id))
+        submission_id = check_id(submission_id)
+        seconds = wait_seconds(request.args.get("wait"))
+        doc = waits.until_settled(store.get(submission_id), lambda: store.get(submission_id), seconds)
         if doc is None:
             raise Refused(404, "no submission with id %s" % submission_id)
         return jsonify(summary(doc))

@@ -1,12 +1,15 @@
 """The HTTP intake through Flask's test client, against mongomock."""
 import json
 import logging
+import queue
 import random
 import string
+import threading
 
 import pymongo.errors
 import pytest
 
+from queues import app as app_module
 from queues.app import MAX_BODY_BYTES, create_app
 from queues.config import LOCAL_API_KEY, Config
 from queues.pipeline import LEADERBOARD
@@ -426,3 +429,126 @@ def test_health_notices_a_user_without_rights_although_ping_answers(store, pipel
     body = client.get("/health").get_json()
     assert body["database"].startswith("misconfigured: ") and "Unauthorized" in body["database"]
     assert "MONGO_DB_NAME" in body["database"]
+
+
+# -- GET /submissions/<id>?wait=<seconds> ---------------------------------------------------
+class Reads:
+    """A store whose ``get`` reports each state it reads on a queue: the test knows a request is waiting."""
+
+    def __init__(self, store):
+        self.store = store
+        self.seen = queue.Queue()
+
+    def get(self, submission_id):
+        doc = self.store.get(submission_id)
+        self.seen.put(((doc or {}).get("processing") or {}).get("state"))
+        return doc
+
+    def __getattr__(self, name):
+        return getattr(self.store, name)
+
+
+@pytest.fixture
+def waiting(store, pipeline, supervisor, metrics, monkeypatch):
+    """An app with room for one waiting request, a quick poll, and a store that reports its reads."""
+    monkeypatch.setattr(app_module, "WAIT_POLL", 0.01)
+    reads = Reads(store)
+    client = create_app(reads, pipeline, Config(api_key=API_KEY, http_threads=3), supervisor, metrics).test_client()
+    return client, reads
+
+
+def get_in_thread(client, path):
+    """GET on another thread; returns (thread, box) where box['response'] appears when it answers."""
+    box = {}
+    thread = threading.Thread(target=lambda: box.update(response=client.get(path, headers={"X-API-Key": API_KEY})))
+    thread.start()
+    return thread, box
+
+
+def settle(store, sid, state="done"):
+    store.submissions.update_one({"_id": store.get(sid)["_id"]}, {"$set": {"processing.state": state}})
+
+
+@pytest.mark.parametrize("state", ["done", "failed"])
+def test_wait_answers_as_soon_as_the_submission_is_settled(waiting, store, submit, model, state):
+    client, reads = waiting
+    sid = submit("zuz", model(1))
+    assert post(client, submission_id=sid, api_key=API_KEY).status_code == 202
+    thread, box = get_in_thread(client, "/submissions/%s?wait=30" % sid)
+    assert reads.seen.get(timeout=10) == "queued"  # the request read it unsettled: it is waiting
+    settle(store, sid, state)
+    thread.join(20)  # well before the 30 s the request asked for
+    assert not thread.is_alive()
+    assert box["response"].status_code == 200 and box["response"].get_json()["status"] == state
+
+
+def test_wait_ends_at_its_deadline_with_the_state_as_it_is(waiting, submit, model):
+    client, reads = waiting
+    sid = submit("zuz", model(1))
+    post(client, submission_id=sid, api_key=API_KEY)
+    response = client.get("/submissions/%s?wait=0.05" % sid, headers={"X-API-Key": API_KEY})
+    assert response.status_code == 200 and response.get_json()["status"] == "queued"
+    assert reads.seen.qsize() >= 2  # it looked again before giving up
+
+
+def test_waits_are_cut_to_the_maximum(waiting, submit, model, monkeypatch):
+    client, reads = waiting
+    monkeypatch.setattr(app_module, "MAX_WAIT", 0.05)
+    sid = submit("zuz", model(1))
+    post(client, submission_id=sid, api_key=API_KEY)
+    thread, box = get_in_thread(client, "/submissions/%s?wait=1e9" % sid)
+    thread.join(20)
+    assert not thread.is_alive() and box["response"].get_json()["status"] == "queued"
+
+
+def test_a_settled_or_unknown_submission_answers_at_once(waiting, store, submit, model):
+    client, reads = waiting
+    sid = submit("zuz", model(1))
+    post(client, submission_id=sid, api_key=API_KEY)
+    settle(store, sid)
+    while not reads.seen.empty():
+        reads.seen.get()
+    assert client.get("/submissions/%s?wait=30" % sid, headers={"X-API-Key": API_KEY}).get_json()["status"] == "done"
+    assert reads.seen.qsize() == 1
+    assert client.get("/submissions/%s?wait=30" % ("6" * 24), headers={"X-API-Key": API_KEY}).status_code == 404
+
+
+def test_waiting_requests_are_capped_and_told_so(waiting, store, submit, model):
+    """HTTP_THREADS=3 allows one waiting request: the next waits for nothing and gets a 429."""
+    client, reads = waiting
+    first, second = submit("zuz", model(1)), submit("bob", model(2))
+    for sid in (first, second):
+        post(client, submission_id=sid, api_key=API_KEY)
+    thread, box = get_in_thread(client, "/submissions/%s?wait=30" % first)
+    assert reads.seen.get(timeout=10) == "queued"
+    refused = client.get("/submissions/%s?wait=30" % second, headers={"X-API-Key": API_KEY})
+    assert refused.status_code == 429
+    assert int(refused.headers["Retry-After"]) > 0
+    assert "too many requests are waiting" in refused.get_json()["error"] and "(limit 1" in refused.get_json()["error"]
+    assert "without wait" in refused.get_json()["error"]
+    plain = client.get("/submissions/" + second, headers={"X-API-Key": API_KEY})
+    assert plain.status_code == 200 and plain.get_json()["status"] == "queued"  # without wait: no limit
+    settle(store, first)
+    thread.join(20)
+    assert not thread.is_alive() and box["response"].get_json()["status"] == "done"
+    settle(store, second)
+    again = client.get("/submissions/%s?wait=30" % second, headers={"X-API-Key": API_KEY})
+    assert again.status_code == 200  # the slot is free again
+
+
+def test_stopping_the_server_ends_every_wait(waiting, pipeline, submit, model):
+    client, reads = waiting
+    sid = submit("zuz", model(1))
+    post(client, submission_id=sid, api_key=API_KEY)
+    thread, box = get_in_thread(client, "/submissions/%s?wait=30" % sid)
+    assert reads.seen.get(timeout=10) == "queued"
+    pipeline.stop.set()
+    thread.join(20)
+    assert not thread.is_alive() and box["response"].get_json()["status"] == "queued"
+
+
+@pytest.mark.parametrize("wait", ["abc", "-1", "nan", ""])
+def test_a_wait_that_is_not_a_number_of_seconds_is_400(client, submit, model, wait):
+    sid = submit("zuz", model(1))
+    response = client.get("/submissions/%s?wait=%s" % (sid, wait), headers={"X-API-Key": API_KEY})
+    assert response.status_code == 400 and "wait must be a number of seconds" in response.get_json()["error"]
