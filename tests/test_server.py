@@ -176,3 +176,12 @@ def test_a_failure_to_create_indexes_is_logged(server, caplog, monkeypatch, tmp_
         assert app.test_client().get("/metrics").status_code == 200
     finally:
         assert stop() == []
+
+
+def test_missing_packages_are_one_line_pointing_to_requirements():
+    """Run by a Python without the dependencies (-S: no site-packages), as from outside the virtualenv."""
+    import subprocess
+    import sys
+    done = subprocess.run([sys.executable, "-S", str(SCRIPT), "--help"], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 1
+    assert "pip install -r requirements.txt" in done.stderr and "Traceback" not in done.stderr
