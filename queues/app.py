@@ -191,9 +191,10 @@ class Waits:
     from taking them all. ``stop`` (set when the server stops) ends every wait.
     """
 
-    def __init__(self, limit, stop):
+    def __init__(self, limit, stop, gauge=None):
         self.limit = limit
         self.stop = stop
+        self.gauge = gauge  # how many wait now, for /metrics
         self._slots = threading.BoundedSemaphore(limit)
 
     def until_settled(self, doc, read, seconds):
@@ -208,6 +209,8 @@ class Waits:
             raise Refused(429, "too many requests are waiting for submissions to be judged (limit %d, half of "
                                "HTTP_THREADS); ask again without wait, or retry in %d seconds"
                           % (self.limit, RETRY_AFTER), **{"Retry-After": str(RETRY_AFTER)})
+        if self.gauge is not None:
+            self.gauge.inc()
         try:
             deadline = time.monotonic() + seconds
             while doc is not None and not settled(doc):
@@ -217,6 +220,8 @@ class Waits:
                 doc = read()
             return doc
         finally:
+            if self.gauge is not None:
+                self.gauge.dec()
             self._slots.release()
 
 
@@ -250,7 +255,7 @@ def create_app(store, pipeline, config, supervisor, metrics):
     app = Flask(__name__)
     app.config["MAX_CONTENT_LENGTH"] = MAX_BODY_BYTES
     acceptor = Acceptor(store)
-    waits = Waits(max(1, config.http_threads // 2), pipeline.stop)
+    waits = Waits(max(1, config.http_threads // 2), pipeline.stop, metrics.waiting)
     for endpoint, statuses in ANSWERS.items():
         metrics.expect_requests(endpoint, statuses)
 

@@ -59,6 +59,9 @@ class Metrics:
             "criteria_thread_restarts", "Pipeline threads restarted after dying", ["thread"], registry=self.registry)
         self.requests = prometheus_client.Counter(
             "criteria_http_requests", "HTTP requests by endpoint and status", ["endpoint", "status"], registry=self.registry)
+        self.waiting = prometheus_client.Gauge(
+            "criteria_http_waiting_requests", "GET requests waiting (?wait=) for a submission to be judged",
+            registry=self.registry)
         for stage in STAGES:
             self.stage_seconds.labels(stage)
         for outcome in ("done", "failed", "retried"):

@@ -3,12 +3,16 @@
 gunicorn forks its worker from the arbiter, and threads do not survive a
 fork, so the service is built inside the worker by ``build`` (a callable
 from ``server``), which returns the Flask app and a ``stop(timeout)``
-function. The worker calls ``stop`` as it exits, after the HTTP side has
-stopped taking requests. SIGINT is handled like SIGTERM: a graceful stop.
+function. The pipeline starts stopping as soon as the worker is told to
+stop (SIGTERM), so requests waiting in ``?wait=`` are answered at once
+while gunicorn lets the requests in progress finish; the worker waits for
+that stop as it exits. SIGINT is handled like SIGTERM: a graceful stop.
 """
 import errno
 import logging
+import signal
 import socket
+import threading
 
 from gunicorn.app.base import BaseApplication
 from gunicorn.arbiter import Arbiter
@@ -60,6 +64,8 @@ class Service(BaseApplication):
         self.build = build
         self.options = options
         self._stop = None
+        self._stopping = None
+        self._lock = threading.Lock()
         super().__init__()
 
     def load_config(self):
@@ -68,12 +74,29 @@ class Service(BaseApplication):
         self.cfg.set("worker_exit", self._worker_exit)
 
     def load(self):
+        """Build the service in the worker; its SIGTERM now also starts the pipeline's stop."""
         app, self._stop = self.build()
+        previous = signal.getsignal(signal.SIGTERM)  # gunicorn's: stop taking requests
+
+        def on_term(signum, frame):
+            self.begin_stop()
+            if callable(previous):
+                previous(signum, frame)
+        signal.signal(signal.SIGTERM, on_term)
         return app
 
+    def begin_stop(self):
+        """Start ``stop`` once, on a thread of its own (a signal handler must return at once)."""
+        with self._lock:
+            if self._stopping is None and self._stop is not None:
+                self._stopping = threading.Thread(target=self._stop, name="stopping", daemon=True)
+                self._stopping.start()
+        return self._stopping
+
     def _worker_exit(self, server, worker):
-        if self._stop is not None:
-            self._stop()
+        stopping = self.begin_stop()
+        if stopping is not None:
+            stopping.join()
 
     def run(self):
         GracefulArbiter(self).run()

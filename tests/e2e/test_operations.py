@@ -2,14 +2,14 @@
 import os
 import subprocess
 import sys
+import threading
 import time
 
-import pymongo
 import pytest
 import requests
 
-from .conftest import HOST, REPO, SERVER, SERVER_VARIABLES, Database, end_process_group, free_port, listening, \
-    server_env, tail, wait_for
+from .conftest import (HOST, REPO, SERVER, SERVER_VARIABLES, Database, Predictor, end_process_group, free_port,
+                       listening, load_round, make_round, server_env, tail, wait_for)
 
 
 def run(args, env, timeout=60):
@@ -108,3 +108,31 @@ def test_a_second_local_server_on_the_same_folder_is_one_line_without_traceback(
         assert "in use" in line and "http://127.0.0.1:%d" % first_port in line and "--local-dir" in line
     finally:
         end_process_group(first)
+
+
+def test_sigterm_answers_a_waiting_request_at_once(storage, start_server):
+    """A request in ?wait= must not hold the stop back for its 30 seconds (nor be cut off without an answer)."""
+    rnd = make_round(106, 12)
+    sub = rnd.add("wendy", Predictor(rnd, 12).model())
+    load_round(storage, rnd)
+    server = start_server(RECOVERY_INTERVAL="3600")  # after the start's sweep, nobody picks the next one up
+    storage.db.submissions.update_one({"_id": sub.oid}, {"$set": {"processing.state": "queued",
+                                                                  "processing.stage": "consistency"}})
+    box = {}
+
+    def wait():
+        box["response"] = requests.get(server.url + "/submissions/%s?wait=30" % sub.submission_id,
+                                       headers={"X-API-Key": server.api_key}, timeout=60)
+        box["answered"] = time.monotonic()
+    waiter = threading.Thread(target=wait)
+    waiter.start()
+
+    def waiting():
+        text = requests.get(server.url + "/metrics", timeout=10).text
+        return "criteria_http_waiting_requests 1.0" in text
+    wait_for(waiting, 20, "the GET to be waiting", server.tail)
+    stopping = time.monotonic()
+    server.stop()
+    waiter.join(60)
+    assert box["response"].status_code == 200 and box["response"].json()["status"] == "queued"
+    assert box["answered"] - stopping < 10, "the waiting request held the stop for %.1fs" % (box["answered"] - stopping)

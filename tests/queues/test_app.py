@@ -520,7 +520,7 @@ def test_waiting_requests_are_capped_and_told_so(waiting, store, submit, model):
     for sid in (first, second):
         post(client, submission_id=sid, api_key=API_KEY)
     thread, box = get_in_thread(client, "/submissions/%s?wait=30" % first)
-    assert reads.seen.get(timeout=10) == "queued"
+    assert [reads.seen.get(timeout=10) for _ in range(2)] == ["queued"] * 2  # read again: it holds the place
     refused = client.get("/submissions/%s?wait=30" % second, headers={"X-API-Key": API_KEY})
     assert refused.status_code == 429
     assert int(refused.headers["Retry-After"]) > 0
@@ -552,3 +552,17 @@ def test_a_wait_that_is_not_a_number_of_seconds_is_400(client, submit, model, wa
     sid = submit("zuz", model(1))
     response = client.get("/submissions/%s?wait=%s" % (sid, wait), headers={"X-API-Key": API_KEY})
     assert response.status_code == 400 and "wait must be a number of seconds" in response.get_json()["error"]
+
+
+def test_waiting_requests_are_counted_on_metrics(waiting, store, metrics, submit, model):
+    client, reads = waiting
+    sid = submit("zuz", model(1))
+    post(client, submission_id=sid, api_key=API_KEY)
+    gauge = 'criteria_http_waiting_requests %s'
+    assert gauge % "0.0" in client.get("/metrics").get_data(as_text=True)
+    thread, box = get_in_thread(client, "/submissions/%s?wait=30" % sid)
+    assert [reads.seen.get(timeout=10) for _ in range(2)] == ["queued"] * 2  # read again: it is counted
+    assert gauge % "1.0" in client.get("/metrics").get_data(as_text=True)
+    settle(store, sid)
+    thread.join(20)
+    assert gauge % "0.0" in client.get("/metrics").get_data(as_text=True)
