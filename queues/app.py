@@ -255,7 +255,7 @@ def create_app(store, pipeline, config, supervisor, metrics):
     app = Flask(__name__)
     app.config["MAX_CONTENT_LENGTH"] = MAX_BODY_BYTES
     acceptor = Acceptor(store)
-    waits = Waits(max(1, config.http_threads // 2), pipeline.stop, metrics.waiting)
+    waits = Waits(config.http_threads // 2, pipeline.stop, metrics.waiting)  # one thread: no waiting
     for endpoint, statuses in ANSWERS.items():
         metrics.expect_requests(endpoint, statuses)
 

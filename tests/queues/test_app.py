@@ -566,3 +566,13 @@ def test_waiting_requests_are_counted_on_metrics(waiting, store, metrics, submit
     settle(store, sid)
     thread.join(20)
     assert gauge % "0.0" in client.get("/metrics").get_data(as_text=True)
+
+
+def test_a_server_with_one_http_thread_lets_no_request_wait(store, pipeline, supervisor, metrics, submit, model):
+    """A waiting request would take the only thread: it is told to ask without wait instead."""
+    client = create_app(store, pipeline, Config(api_key=API_KEY, http_threads=1), supervisor, metrics).test_client()
+    sid = submit("zuz", model(1))
+    post(client, submission_id=sid, api_key=API_KEY)
+    response = client.get("/submissions/%s?wait=30" % sid, headers={"X-API-Key": API_KEY})
+    assert response.status_code == 429 and "(limit 0" in response.get_json()["error"]
+    assert client.get("/submissions/" + sid, headers={"X-API-Key": API_KEY}).status_code == 200
