@@ -181,6 +181,7 @@ def wait_seconds(value):
 
 
 def settled(doc):
+    """True once judging is over (done or failed), or when the submission was never accepted."""
     return ((doc.get("processing") or {}).get("state")) not in UNSETTLED
 
 

@@ -18,6 +18,7 @@ import re
 import botocore.exceptions
 import pymongo.errors
 
+from queues import local
 from queues.errors import misconfiguration
 
 #: A filter no document matches (the backend's ids are ObjectIds and ints), so
@@ -112,7 +113,21 @@ def folder(path):
     return Finding(what)
 
 
-def run(config, connect, s3_client, local_database=None):
+def local_database(config):
+    """For local mode: the database URL to probe, or a Finding about the embedded one it would start."""
+    if config.mongo_url:
+        return config.mongo_url
+    if local.answers(local.DEFAULT_LOCAL_URL):
+        return local.DEFAULT_LOCAL_URL
+    what = "embedded database (SecantusDB), started in %s" % os.path.join(config.local_dir, "db")
+    try:
+        with local.claim(config.local_dir):  # free now: a server started next would get it
+            return Finding(what)
+    except local.LocalDatabaseError as exc:
+        return Finding(what, str(exc), misconfigured=True)
+
+
+def run(config, connect, s3_client, local_database=local_database):
     """Every finding for ``config``.
 
     ``connect(url)`` makes a MongoClient; ``s3_client()`` an S3 client

@@ -156,3 +156,14 @@ def test_local_mode_checks_the_folder_and_the_database_it_would_use(tmp_path):
     config = Config(api_key="k", local=True, local_dir=str(tmp_path / "file"))
     findings = check.run(config, healthy_mongo, None, lambda: check.Finding("embedded database"))
     assert findings[1].problem == "is a file, not a folder"
+
+
+def test_local_mode_names_a_folder_another_server_holds(tmp_path, monkeypatch):
+    from queues import local
+    monkeypatch.setattr(local, "DEFAULT_LOCAL_URL", "mongodb://127.0.0.1:%d" % local.free_port())  # nothing there
+    config = Config(api_key="k", local=True, local_dir=str(tmp_path / "local"))
+    assert check.local_database(config).ok
+    with local.claim(config.local_dir, "http://127.0.0.1:5151"):
+        finding = check.local_database(config)
+    assert not finding.ok and "http://127.0.0.1:5151" in finding.problem
+    assert check.local_database(Config(api_key="k", local=True, mongo_url="mongodb://db:1")) == "mongodb://db:1"
