@@ -8,12 +8,17 @@ import datetime
 import hmac
 import json
 import logging
+import math
+import re
+import threading
+import time
 
 import pymongo.errors
 from bson import ObjectId
 from flask import Flask, Response, jsonify, request
-from werkzeug.exceptions import HTTPException
+from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
+from queues.errors import misconfiguration
 from queues.intake import Acceptor
 from queues.pipeline import DISPATCH, STAGES, Job
 
@@ -23,16 +28,41 @@ log = logging.getLogger(__name__)
 MAX_BODY_BYTES = 16 * 1024
 #: Seconds a client should wait before retrying when the database is away.
 RETRY_AFTER = 5
-FIELDS = ("submission_id", "api_key", "user_id")
+#: GET /submissions/<id>?wait=<seconds> answers once the submission is settled
+#: (done or failed) or after at most MAX_WAIT seconds, reading it every WAIT_POLL.
+MAX_WAIT = 30.0
+WAIT_POLL = 0.5
+UNSETTLED = ("queued", "scoring")
+#: An id no submission has, for probing the database's read rights.
+NO_SUCH_ID = "0" * 24
+FORM_TYPES = ("application/x-www-form-urlencoded", "multipart/form-data")
+#: Where each endpoint takes the key from, for the 401 that says it is missing.
+KEY_IN_BODY = "send it as api_key in the body, or in the X-API-Key header"
+KEY_IN_HEADER = "send it in the X-API-Key header"
+#: What each endpoint can answer: its request counters are exported at 0 from the start.
+ANSWERS = {
+    "/": (202, 400, 401, 404, 405, 413, 500, 503),
+    "/submissions/<submission_id>": (200, 400, 401, 404, 429, 500, 503),
+    "/health": (200, 503),
+    "/metrics": (200,),
+    "other": (404,),
+}
+LOCAL_KEY_HINT = " (local mode: the development key is in the README)"
+PLUS_AS_SPACE = ("; it contains a space, which is what a '+' becomes in form fields sent without "
+                 "URL-encoding: send '+' as %2B, or send JSON")
 
 
-class BadRequest(Exception):
-    """A request the client must change; ``status`` and ``message`` say how."""
+class Refused(Exception):
+    """A request answered with a 4xx: ``status`` and a ``message`` the client can act on.
 
-    def __init__(self, status, message):
+    Not called BadRequest: that is Werkzeug's 400, and this carries 401s and 404s too.
+    """
+
+    def __init__(self, status, message, **headers):
         super().__init__(message)
         self.status = status
         self.message = message
+        self.headers = headers
 
 
 def error(status, message, **headers):
@@ -43,33 +73,157 @@ def error(status, message, **headers):
 
 
 def read_body():
-    """The request fields from a JSON object or a form; BadRequest otherwise."""
-    if request.mimetype in ("application/x-www-form-urlencoded", "multipart/form-data"):
-        return request.form.to_dict()
+    """The request fields: a JSON object whatever the Content-Type says, else form fields.
+
+    The 2017 README taught ``curl -X POST -d '{...}'``, and curl's ``-d``
+    labels that JSON as a form; the body, not its label, says what it is.
+    """
+    raw = request.get_data(cache=True)  # cached: a form is parsed from the same bytes
     try:
-        body = json.loads(request.get_data(cache=False))
+        body = json.loads(raw)
     except (ValueError, RecursionError):  # RecursionError: deeply nested arrays
         body = None
-    if not isinstance(body, dict):
-        raise BadRequest(400, "the body must be a JSON object (or form fields) with submission_id and api_key")
-    return body
+    if isinstance(body, dict):
+        return body
+    if request.mimetype in FORM_TYPES:
+        return request.form.to_dict()
+    raise Refused(400, "the body must be a JSON object (or form fields) with submission_id and api_key")
 
 
-def check_key(given, expected):
-    """Constant-time comparison of the presented key; 401 when absent or wrong."""
-    if not isinstance(given, str) or not given:
-        raise BadRequest(401, "an api_key is required")
+def check_key(given, expected, where, local=False):
+    """Constant-time comparison of the presented key; 401 saying what to change.
+
+    ``where`` says where the endpoint takes the key from. The key itself is
+    never echoed: a wrong one is only said to contain a space, the mark of
+    a '+' sent unencoded in a form.
+    """
+    if given is None or given == "":
+        raise Refused(401, "an API key is required: %s%s" % (where, LOCAL_KEY_HINT if local else ""))
+    if not isinstance(given, str):
+        raise Refused(401, "the API key must be a string: %s" % where)
     if not hmac.compare_digest(given.encode("utf-8", "surrogatepass"), expected.encode("utf-8")):
-        raise BadRequest(401, "the api_key is not valid")
+        raise Refused(401, "the API key is not valid" + (PLUS_AS_SPACE if " " in given else ""))
+
+
+def check_user(body):
+    """The optional user name: ``user_id``, or ``user`` as the 2017 clients sent it."""
+    user, alias = body.get("user_id"), body.get("user")
+    if user is None:
+        user = alias
+    elif alias is not None and alias != user:
+        raise Refused(400, "user and user_id name different users; send one of them")
+    if user is not None and not isinstance(user, str):
+        raise Refused(400, "user_id (or user), when given, must be a string")
+    return user
+
+
+def check_round(value):
+    """The optional ``competition_id`` as an int (a form sends it as text); 400 unless it is one."""
+    if value is None or value == "":
+        return None
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    if isinstance(value, str) and re.fullmatch(r"[0-9]{1,9}", value.strip()):
+        return int(value)
+    raise Refused(400, "competition_id, when given, must be a round number such as 41")
+
+
+def check_same_round(doc, submission_id, competition_id):
+    """400 when the request names another round than the submission's own."""
+    try:
+        actual = int(doc.get("competition_id"))
+    except (TypeError, ValueError):  # a document without a usable round fails when judged
+        return
+    if actual != competition_id:
+        raise Refused(400, "submission %s belongs to round %d, not to competition_id %d"
+                      % (submission_id, actual, competition_id))
 
 
 def check_id(value):
     """The submission id as a string, or 400 unless it is a 24-hex ObjectId."""
     if value is None or value == "":
-        raise BadRequest(400, "submission_id is required")
+        raise Refused(400, "submission_id is required")
     if not isinstance(value, str) or not ObjectId.is_valid(value):
-        raise BadRequest(400, "submission_id must be a 24-character hexadecimal MongoDB ObjectId")
+        raise Refused(400, "submission_id must be a 24-character hexadecimal MongoDB ObjectId")
     return value.lower()
+
+
+def database_status(store):
+    """The database as /health and the metrics report it.
+
+    "ok"; "misconfigured: <what to fix>" when it rejects the server's
+    credentials or rights (retrying cannot help); else "unavailable (<error>)".
+    A ping needs no rights, so a read of the submissions (by an id that
+    matches nothing) checks them as well.
+    """
+    try:
+        store.ping()
+        store.get(NO_SUCH_ID)
+    except pymongo.errors.PyMongoError as exc:
+        what = misconfiguration(exc)
+        return "misconfigured: %s" % what if what else "unavailable (%s)" % type(exc).__name__
+    return "ok"
+
+
+def wait_seconds(value):
+    """The ``wait`` query parameter as seconds, capped at MAX_WAIT; 400 unless it is a number >= 0."""
+    if value is None:
+        return 0.0
+    try:
+        seconds = float(value)
+    except ValueError:
+        seconds = math.nan
+    if not seconds >= 0:  # also refuses NaN
+        raise Refused(400, "wait must be a number of seconds, 0 to %g (longer waits are cut to %g)" % (MAX_WAIT, MAX_WAIT))
+    return min(seconds, MAX_WAIT)
+
+
+def settled(doc):
+    """True once judging is over (done or failed), or when the submission was never accepted."""
+    return ((doc.get("processing") or {}).get("state")) not in UNSETTLED
+
+
+class Waits:
+    """Requests waiting for a submission to settle, at most ``limit`` at once.
+
+    Each waits on a thread of the HTTP server's pool; the limit keeps waits
+    from taking them all. ``stop`` (set when the server stops) ends every wait.
+    """
+
+    def __init__(self, limit, stop, gauge=None):
+        self.limit = limit
+        self.stop = stop
+        self.gauge = gauge  # how many wait now, for /metrics
+        self._slots = threading.BoundedSemaphore(limit)
+
+    def until_settled(self, doc, read, seconds):
+        """``doc`` once settled, read again every WAIT_POLL, for up to ``seconds``.
+
+        Waiting takes a slot only when there is something to wait for;
+        Refused(429) when every slot is taken.
+        """
+        if seconds <= 0 or doc is None or settled(doc):
+            return doc
+        if not self._slots.acquire(blocking=False):
+            raise Refused(429, "too many requests are waiting for submissions to be judged (limit %d, half of "
+                               "HTTP_THREADS); ask again without wait, or retry in %d seconds"
+                          % (self.limit, RETRY_AFTER), **{"Retry-After": str(RETRY_AFTER)})
+        if self.gauge is not None:
+            self.gauge.inc()
+        try:
+            deadline = time.monotonic() + seconds
+            while doc is not None and not settled(doc):
+                left = deadline - time.monotonic()
+                if left <= 0 or self.stop.wait(min(WAIT_POLL, left)):
+                    break
+                doc = read()
+            return doc
+        finally:
+            if self.gauge is not None:
+                self.gauge.dec()
+            self._slots.release()
 
 
 def public(value):
@@ -103,17 +257,28 @@ def create_app(store, pipeline, config, supervisor, metrics):
     app = Flask(__name__)
     app.config["MAX_CONTENT_LENGTH"] = MAX_BODY_BYTES
     acceptor = Acceptor(store)
+    waits = Waits(config.http_threads // 2, pipeline.stop, metrics.waiting)  # one thread: no waiting
+    for endpoint, statuses in ANSWERS.items():
+        metrics.expect_requests(endpoint, statuses)
 
-    @app.errorhandler(BadRequest)
-    def bad_request(exc):
-        return error(exc.status, exc.message)
+    @app.errorhandler(Refused)
+    def refused(exc):
+        return error(exc.status, exc.message, **exc.headers)
 
     @app.errorhandler(HTTPException)
     def http_error(exc):
+        if isinstance(exc, RequestEntityTooLarge):
+            return error(413, "the body is over the %d KiB (%d bytes) limit; a request needs only submission_id "
+                              "and api_key (user_id and competition_id are optional)"
+                         % (MAX_BODY_BYTES // 1024, MAX_BODY_BYTES))
         return error(exc.code, exc.description)
 
     @app.errorhandler(pymongo.errors.PyMongoError)
     def database_away(exc):
+        what = misconfiguration(exc)
+        if what:  # retrying cannot help: say what the operators must fix
+            log.error("database misconfigured while answering %s %s: %s", request.method, request.path, what)
+            return error(500, "the server is misconfigured: %s; nothing was recorded" % what)
         log.warning("database unavailable while answering %s %s: %s", request.method, request.path, type(exc).__name__)
         return error(503, "the database is unavailable; nothing was recorded, retry later", **{"Retry-After": str(RETRY_AFTER)})
 
@@ -130,16 +295,23 @@ def create_app(store, pipeline, config, supervisor, metrics):
     @app.post("/")
     def submit():
         body = read_body()
-        check_key(body.get("api_key"), config.api_key)
+        given = body.get("api_key")
+        check_key(request.headers.get("X-API-Key") if given is None else given, config.api_key,
+                  KEY_IN_BODY, config.local)
         submission_id = check_id(body.get("submission_id"))
-        if body.get("user_id") is not None and not isinstance(body["user_id"], str):
-            raise BadRequest(400, "user_id, when given, must be a string")
+        check_user(body)
+        competition_id = check_round(body.get("competition_id"))
+        if competition_id is not None:  # only then is the document read first
+            doc = store.get(submission_id)
+            if doc is None:
+                raise Refused(404, "no submission with id %s" % submission_id)
+            check_same_round(doc, submission_id, competition_id)
         # A repeat of a submission this process already holds needs no round trip:
         # the request that queued it recorded that durably, and a worker forgets
         # an id only after its final write.
         outcome, token = ("already", None) if pipeline.anywhere(submission_id) else acceptor.accept(submission_id)
         if outcome == "missing":
-            raise BadRequest(404, "no submission with id %s" % submission_id)
+            raise Refused(404, "no submission with id %s" % submission_id)
         if outcome == "queued":
             pipeline.put(DISPATCH, Job(submission_id, token=token))
             log.info("%s: accepted", submission_id)
@@ -149,20 +321,20 @@ def create_app(store, pipeline, config, supervisor, metrics):
 
     @app.get("/submissions/<submission_id>")
     def show(submission_id):
-        check_key(request.headers.get("X-API-Key"), config.api_key)
-        doc = store.get(check_id(submission_id))
+        if "api_key" in request.args and not request.headers.get("X-API-Key"):
+            raise Refused(401, "send the API key in the X-API-Key header, not in the URL, where logs keep it")
+        check_key(request.headers.get("X-API-Key"), config.api_key, KEY_IN_HEADER, config.local)
+        submission_id = check_id(submission_id)
+        seconds = wait_seconds(request.args.get("wait"))
+        doc = waits.until_settled(store.get(submission_id), lambda: store.get(submission_id), seconds)
         if doc is None:
-            raise BadRequest(404, "no submission with id %s" % submission_id)
+            raise Refused(404, "no submission with id %s" % submission_id)
         return jsonify(summary(doc))
 
     @app.get("/health")
     def health():
         threads = supervisor.alive()
-        try:
-            store.ping()
-            database = "ok"
-        except pymongo.errors.PyMongoError as exc:
-            database = "unavailable (%s)" % type(exc).__name__
+        database = database_status(store)
         healthy = database == "ok" and all(threads.values())
         body = {"status": "ok" if healthy else "degraded", "http": "ok", "database": database,
                 "threads": threads, "queues": {stage: pipeline.depth(stage) for stage in STAGES}}

@@ -57,11 +57,24 @@ def _number(environ, name, default, kind=int, most=math.inf):
     return parsed
 
 
+def _url(environ, name, schemes, example):
+    """An optional URL; ConfigError naming it when its scheme is not one of ``schemes``.
+
+    The value is not echoed: a MongoDB URL may hold a password.
+    """
+    value = environ.get(name, "")
+    if value and not value.startswith(schemes):
+        raise ConfigError("%s must start with %s (e.g. %s)" % (name, " or ".join(schemes), example))
+    return value
+
+
 def production(environ):
     """Production settings; every variable in REQUIRED must be set and non-empty."""
     missing = [name for name in REQUIRED if not environ.get(name)]
     if missing:
         raise ConfigError("missing required environment variable(s): %s (see env.sh.example)" % ", ".join(missing))
+    _url(environ, "MONGO_URL", ("mongodb://", "mongodb+srv://"), "mongodb://user:password@db.internal:27017")
+    _url(environ, "S3_ENDPOINT_URL", ("http://", "https://"), "http://127.0.0.1:9000")
     return dict(
         api_key=environ["API_KEY"],
         mongo_url=environ["MONGO_URL"],
@@ -79,7 +92,7 @@ def local(environ, local_dir):
     """Local settings: only MONGO_URL and API_KEY are read, both optional."""
     return dict(
         api_key=environ.get("API_KEY") or LOCAL_API_KEY,
-        mongo_url=environ.get("MONGO_URL", ""),
+        mongo_url=_url(environ, "MONGO_URL", ("mongodb://", "mongodb+srv://"), "mongodb://127.0.0.1:27017"),
         mongo_db_name=environ.get("MONGO_DB_NAME", "numerai-dev"),
         upload_bucket="uploads",
         dataset_bucket="datasets",

@@ -42,7 +42,24 @@ class S3Files:
         self.cache_dir = cache_dir
 
     def _missing(self, exc):
-        return exc.response.get("Error", {}).get("Code") in ("NoSuchKey", "404", "NotFound", "NoSuchBucket")
+        """True when the object is absent. A missing bucket is not: it is a
+        misconfiguration (``errors.misconfiguration``), no submission's fault."""
+        return exc.response.get("Error", {}).get("Code") in ("NoSuchKey", "404", "NotFound")
+
+    def _bucket_exists(self, bucket):
+        """Raise NoSuchBucket when ``bucket`` is absent.
+
+        S3 answers a HEAD with a bare 404 whether the key or the bucket is
+        missing; a missing bucket must not fail the submission as a missing file.
+        """
+        try:
+            self.client.head_bucket(Bucket=bucket)
+        except botocore.exceptions.ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") not in ("404", "NotFound", "NoSuchBucket"):
+                raise
+            raise botocore.exceptions.ClientError(
+                {"Error": {"Code": "NoSuchBucket", "Message": "The specified bucket does not exist", "BucketName": bucket},
+                 "ResponseMetadata": exc.response.get("ResponseMetadata", {})}, "HeadBucket") from None
 
     def submission(self, username, filename):
         """Bytes of a submission file; MissingFile when it is not there."""
@@ -61,6 +78,7 @@ class S3Files:
             head = self.client.head_object(Bucket=self.dataset_bucket, Key=key)
         except botocore.exceptions.ClientError as exc:
             if self._missing(exc):
+                self._bucket_exists(self.dataset_bucket)
                 raise MissingFile("round %s has no dataset (%s)" % (competition_id, key)) from None
             raise
         return head["ETag"].strip('"')

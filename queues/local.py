@@ -4,8 +4,14 @@ The embedded database is SecantusDB, a MongoDB-compatible server from
 PyPI, run as a child process on a free loopback port with its data in
 the local folder, so a laptop with nothing else installed still has a
 real MongoDB wire protocol to talk to and keeps its data between runs.
+
+One folder serves one server: the server that starts the embedded
+database holds a lock on ``<local dir>/server.lock`` (which names the
+address it serves on) for as long as it runs, so a second one started on
+the same folder says so in one line instead of failing inside SecantusDB.
 """
 import contextlib
+import fcntl
 import logging
 import os
 import socket
@@ -19,6 +25,48 @@ log = logging.getLogger(__name__)
 
 DEFAULT_LOCAL_URL = "mongodb://127.0.0.1:27017"
 START_TIMEOUT = 60.0
+LOCK_NAME = "server.lock"
+#: What SecantusDB's storage engine logs when another process has the folder open.
+LOCKED_SIGNS = ("already being managed by another process", "WiredTiger.lock")
+
+
+class LocalDatabaseError(RuntimeError):
+    """Local mode's database cannot start; the message says why and what to do, in one line."""
+
+
+def in_use(local_dir, holder=""):
+    """The message for a folder another server or database has open."""
+    who = ("another ./server --use_local, serving %s" % holder) if holder else \
+        "another process (another ./server --use_local, or a SecantusDB left running by one)"
+    return ("the local folder %s is in use by %s: use that server, or start this one with its own folder, "
+            "e.g. --local-dir %s-2" % (local_dir, who, local_dir.rstrip(os.sep)))
+
+
+@contextlib.contextmanager
+def claim(local_dir, serving=""):
+    """Hold ``local_dir`` for this process (and its children) while the block runs.
+
+    Raises LocalDatabaseError naming the holder's address when another
+    server holds it. The lock is an flock, so it ends with the process
+    however that ends.
+    """
+    os.makedirs(local_dir, exist_ok=True)
+    handle = open(os.path.join(local_dir, LOCK_NAME), "a+")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.seek(0)
+        holder = handle.read().strip()
+        handle.close()
+        raise LocalDatabaseError(in_use(local_dir, holder)) from None
+    try:
+        handle.seek(0)
+        handle.truncate()
+        handle.write(serving)
+        handle.flush()
+        yield
+    finally:
+        handle.close()
 
 
 def answers(url, timeout_ms=500):
@@ -50,35 +98,59 @@ def start_secantus(data_dir, port, log_path):
 
 
 def wait_until_up(url, process, timeout=START_TIMEOUT):
-    """Wait for the child database to answer; raise if it exits or times out."""
+    """Wait for the child database to answer; raise LocalDatabaseError if it exits or times out."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if process.poll() is not None:
-            raise RuntimeError("the embedded database exited with code %s" % process.returncode)
+            raise LocalDatabaseError("the embedded database exited with code %s" % process.returncode)
         if answers(url, 300):
             return
         time.sleep(0.1)
-    raise RuntimeError("the embedded database did not answer within %.0fs" % timeout)
+    raise LocalDatabaseError("the embedded database did not answer within %.0fs" % timeout)
+
+
+def why_it_exited(local_dir, log_path, offset):
+    """One line on why SecantusDB exited, from what it logged since ``offset``."""
+    try:
+        with open(log_path, "rb") as handle:
+            handle.seek(offset)
+            text = handle.read().decode("utf-8", "replace")
+    except OSError:
+        text = ""
+    if any(sign in text for sign in LOCKED_SIGNS):
+        return in_use(local_dir)
+    last = [line.strip() for line in text.splitlines() if line.strip()]
+    return "see %s%s" % (log_path, (": " + last[-1][:200]) if last else "")
 
 
 @contextlib.contextmanager
-def embedded(local_dir):
-    """Run SecantusDB for the duration of the block; yields its URL."""
-    port = free_port()
-    url = "mongodb://127.0.0.1:%d" % port
-    process = start_secantus(os.path.join(local_dir, "db"), port, os.path.join(local_dir, "secantus.log"))
-    try:
-        wait_until_up(url, process)
-        log.info("started the embedded MongoDB-compatible database (SecantusDB) at %s, data in %s",
-                 url, os.path.join(local_dir, "db"))
-        yield url
-    finally:
-        process.terminate()
+def embedded(local_dir, serving=""):
+    """Run SecantusDB for the duration of the block; yields its URL.
+
+    ``serving`` (this server's address) is written into the folder's lock
+    so that a second server on the same folder can point to this one.
+    """
+    with claim(local_dir, serving):
+        port = free_port()
+        url = "mongodb://127.0.0.1:%d" % port
+        log_path = os.path.join(local_dir, "secantus.log")
+        offset = os.path.getsize(log_path) if os.path.exists(log_path) else 0
+        process = start_secantus(os.path.join(local_dir, "db"), port, log_path)
         try:
-            process.wait(10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+            try:
+                wait_until_up(url, process)
+            except LocalDatabaseError as exc:
+                raise LocalDatabaseError("%s: %s" % (exc, why_it_exited(local_dir, log_path, offset))) from None
+            log.info("started the embedded MongoDB-compatible database (SecantusDB) at %s, data in %s",
+                     url, os.path.join(local_dir, "db"))
+            yield url
+        finally:
+            process.terminate()
+            try:
+                process.wait(10)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
 
 
 @contextlib.contextmanager
@@ -91,5 +163,5 @@ def database(config):
         log.info("using the MongoDB answering on localhost:27017")
         yield DEFAULT_LOCAL_URL
     else:
-        with embedded(config.local_dir) as url:
+        with embedded(config.local_dir, "http://%s:%d" % (config.host, config.port)) as url:
             yield url

@@ -1,4 +1,9 @@
-"""Prometheus metrics for the operators, on a registry of the app's own."""
+"""Prometheus metrics for the operators, on a registry of the app's own.
+
+Every labelled counter is exported at 0 from the start, for every label
+value known in advance (each pipeline thread, each endpoint's answers), so
+that ``increase()`` sees the first event and an alert can be written on it.
+"""
 import prometheus_client
 from prometheus_client.core import GaugeMetricFamily
 
@@ -9,11 +14,16 @@ DURATION_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 
 
 
 class PipelineCollector:
-    """Queue depth, oldest age and thread liveness, read at scrape time."""
+    """Queue depth, oldest age, thread liveness and the database's state, read at scrape time.
 
-    def __init__(self, pipeline, supervisor):
+    ``database`` returns the state /health reports: "ok", "unavailable (...)"
+    or "misconfigured: ..."; without it no database gauges are exported.
+    """
+
+    def __init__(self, pipeline, supervisor, database=None):
         self.pipeline = pipeline
         self.supervisor = supervisor
+        self.database = database
 
     def collect(self):
         depth = GaugeMetricFamily("criteria_queue_depth", "Submissions waiting or in work, by queue", labels=["queue"])
@@ -24,7 +34,15 @@ class PipelineCollector:
         alive = GaugeMetricFamily("criteria_thread_alive", "1 when a pipeline thread is running", labels=["thread"])
         for name, is_alive in self.supervisor.alive().items():
             alive.add_metric([name], 1.0 if is_alive else 0.0)
-        return [depth, age, alive]
+        families = [depth, age, alive]
+        if self.database is not None:
+            state = self.database()
+            families.append(GaugeMetricFamily("criteria_database_up", "1 when the database answers and accepts "
+                                              "the server's credentials", value=1.0 if state == "ok" else 0.0))
+            families.append(GaugeMetricFamily("criteria_database_misconfigured", "1 when the database rejects the "
+                                              "server's settings (credentials, rights): retrying cannot help",
+                                              value=1.0 if state.startswith("misconfigured") else 0.0))
+        return families
 
 
 class Metrics:
@@ -41,14 +59,26 @@ class Metrics:
             "criteria_thread_restarts", "Pipeline threads restarted after dying", ["thread"], registry=self.registry)
         self.requests = prometheus_client.Counter(
             "criteria_http_requests", "HTTP requests by endpoint and status", ["endpoint", "status"], registry=self.registry)
+        self.waiting = prometheus_client.Gauge(
+            "criteria_http_waiting_requests", "GET requests waiting (?wait=) for a submission to be judged",
+            registry=self.registry)
         for stage in STAGES:
             self.stage_seconds.labels(stage)
         for outcome in ("done", "failed", "retried"):
             self.outcomes.labels(outcome)
 
-    def watch(self, pipeline, supervisor):
-        """Report the pipeline's queues and threads at every scrape."""
-        self.registry.register(PipelineCollector(pipeline, supervisor))
+    def watch(self, pipeline, supervisor, database=None):
+        """Report the pipeline's queues and threads, and ``database()``'s state, at every scrape."""
+        self.registry.register(PipelineCollector(pipeline, supervisor, database))
+
+    def thread_added(self, name):
+        """Export the thread's restart counter at 0 before any restart."""
+        self.restarts.labels(name)
+
+    def expect_requests(self, endpoint, statuses):
+        """Export the endpoint's request counters at 0 for each status it can answer."""
+        for status in statuses:
+            self.requests.labels(endpoint, str(status))
 
     def stage_finished(self, stage, seconds):
         self.stage_seconds.labels(stage).observe(seconds)

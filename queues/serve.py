@@ -3,15 +3,51 @@
 gunicorn forks its worker from the arbiter, and threads do not survive a
 fork, so the service is built inside the worker by ``build`` (a callable
 from ``server``), which returns the Flask app and a ``stop(timeout)``
-function. The worker calls ``stop`` as it exits, after the HTTP side has
-stopped taking requests. SIGINT is handled like SIGTERM: a graceful stop.
+function. The pipeline starts stopping as soon as the worker is told to
+stop (SIGTERM), so requests waiting in ``?wait=`` are answered at once
+while gunicorn lets the requests in progress finish; the worker waits for
+that stop as it exits. SIGINT is handled like SIGTERM: a graceful stop.
 """
+import errno
 import logging
+import signal
+import socket
+import threading
 
 from gunicorn.app.base import BaseApplication
 from gunicorn.arbiter import Arbiter
 
 log = logging.getLogger(__name__)
+
+
+class CannotListen(Exception):
+    """The address cannot be listened on; the message says why and what to change."""
+
+
+def check_listening(host, port):
+    """Raise CannotListen unless ``host:port`` can be bound right now.
+
+    Run before anything starts, so a port in use or a wrong HOST is one
+    line at start instead of gunicorn retrying and failing after the
+    database was started.
+    """
+    where = "%s:%d" % (host, port)
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM,
+                                                             flags=socket.AI_PASSIVE)[0]
+    except socket.gaierror as exc:
+        raise CannotListen("cannot listen on %s: HOST=%s is not an address (%s)" % (where, host, exc.strerror)) from None
+    with socket.socket(family, kind, proto) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as gunicorn binds
+        try:
+            probe.bind(address)
+        except OSError as exc:
+            hint = {errno.EADDRINUSE: "the port is in use (is another server running?): choose another with "
+                                      "--port or PORT",
+                    errno.EACCES: "permission denied: ports below 1024 need privileges; choose another with "
+                                  "--port or PORT",
+                    errno.EADDRNOTAVAIL: "this machine has no such address: check HOST"}.get(exc.errno, exc.strerror)
+            raise CannotListen("cannot listen on %s: %s" % (where, hint)) from None
 
 
 class GracefulArbiter(Arbiter):
@@ -28,6 +64,8 @@ class Service(BaseApplication):
         self.build = build
         self.options = options
         self._stop = None
+        self._stopping = None
+        self._lock = threading.Lock()
         super().__init__()
 
     def load_config(self):
@@ -36,12 +74,29 @@ class Service(BaseApplication):
         self.cfg.set("worker_exit", self._worker_exit)
 
     def load(self):
+        """Build the service in the worker; its SIGTERM now also starts the pipeline's stop."""
         app, self._stop = self.build()
+        previous = signal.getsignal(signal.SIGTERM)  # gunicorn's: stop taking requests
+
+        def on_term(signum, frame):
+            self.begin_stop()
+            if callable(previous):
+                previous(signum, frame)
+        signal.signal(signal.SIGTERM, on_term)
         return app
 
+    def begin_stop(self):
+        """Start ``stop`` once, on a thread of its own (a signal handler must return at once)."""
+        with self._lock:
+            if self._stopping is None and self._stop is not None:
+                self._stopping = threading.Thread(target=self._stop, name="stopping", daemon=True)
+                self._stopping.start()
+        return self._stopping
+
     def _worker_exit(self, server, worker):
-        if self._stop is not None:
-            self._stop()
+        stopping = self.begin_stop()
+        if stopping is not None:
+            stopping.join()
 
     def run(self):
         GracefulArbiter(self).run()

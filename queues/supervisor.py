@@ -28,6 +28,8 @@ class Supervisor:
     def add(self, name, loop):
         """Register ``loop`` (a callable that returns when stop is set) as ``name``."""
         self._loops[name] = loop
+        if self.metrics is not None:
+            self.metrics.thread_added(name)
 
     def _spawn(self, name):
         thread = threading.Thread(target=self._loops[name], name=name, daemon=True)

@@ -15,7 +15,7 @@ import queue
 import random
 import time
 
-from queues.errors import PERMANENT, MissingSubmission, is_transient, reason
+from queues.errors import PERMANENT, MissingSubmission, is_misconfiguration, is_transient, misconfiguration, reason
 from queues.pipeline import CONCORDANCE, DISPATCH, ORIGINALITY, Job, Verdicts
 from queues.store import LeaseLost
 from scoring import concordance, consistency
@@ -97,7 +97,13 @@ class Worker:
             except PERMANENT as exc:
                 log.info("%s: %s failed: %s", sid, self.stage, reason(exc))
                 return self.fail(job, reason(exc))
-            except Exception as exc:  # sorted below: transient or a bug
+            except Exception as exc:  # sorted below: misconfiguration, transient or a bug
+                if is_misconfiguration(exc):  # no submission's fault, and retrying now cannot help
+                    log.error("%s: %s cannot go on: %s; the recovery sweep will retry it when the lease runs out",
+                              sid, self.stage, misconfiguration(exc))
+                    if job.verdicts is not None:
+                        job.verdicts.close()
+                    return "deferred"
                 if not is_transient(exc):
                     log.exception("%s: unexpected error in %s", sid, self.stage)
                     return self.fail(job, INTERNAL_ERROR % type(exc).__name__)

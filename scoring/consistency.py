@@ -22,13 +22,6 @@ def logloss(targets, probabilities, epsilon=Rules.logloss_epsilon):
     return float(np.mean(row_losses(targets, probabilities, epsilon)))
 
 
-def era_loglosses(eras, targets, probabilities, epsilon=Rules.logloss_epsilon):
-    """Logloss per era, as ``{era: logloss}`` in sorted era order (for reports)."""
-    eras = np.asarray(eras)
-    losses = row_losses(targets, probabilities, epsilon)
-    return {era: float(np.mean(losses[eras == era])) for era in np.unique(eras)}
-
-
 def below(losses, benchmark):
     """Whether the mean of ``losses`` is below ``benchmark``, decided exactly.
 

@@ -12,7 +12,6 @@ import pandas as pd
 
 TRAINING_FILE = "numerai_training_data.csv"
 TOURNAMENT_FILE = "numerai_tournament_data.csv"
-DATA_TYPES = ("validation", "test", "live")
 
 
 class DatasetError(ValueError):

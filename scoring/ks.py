@@ -36,7 +36,3 @@ def ks_statistic(a_sorted, b_sorted):
     cdf2 = np.searchsorted(b_sorted, both, side="right") / n2
     return float(np.max(np.abs(cdf1 - cdf2)))
 
-
-def ks_samples(a, b):
-    """KS statistic of two unsorted samples."""
-    return ks_statistic(np.sort(a), np.sort(b))

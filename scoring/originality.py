@@ -60,25 +60,3 @@ def is_original(candidate, others, rules=Rules()):
                 return False
     return True
 
-
-class PlainIndex:
-    """A round's submissions for originality, kept as float64 and judged by the plain rule.
-
-    The reference that :class:`scoring.prepared.PreparedRound` must agree
-    with; it has the same interface so tests can run the pipeline on either.
-    """
-
-    def __init__(self, fetch_exact=None):
-        self._values = {}
-
-    def __contains__(self, key):
-        return key in self._values
-
-    def __len__(self):
-        return len(self._values)
-
-    def add(self, key, values):
-        self._values[key] = np.array(values, dtype=np.float64)  # a copy: callers may reuse theirs
-
-    def is_original(self, candidate, keys, rules=Rules()):
-        return is_original(candidate, [self._values[key] for key in keys], rules)

@@ -99,20 +99,21 @@ def cutoff(n, predicate):
 
 
 def ks_interval(counts_a, counts_b):
-    """Integers ``(L, U)`` with ``L <= ks_counts(a, b) <= U``.
+    """Integers ``(L, U)`` with ``L <= ks_counts(a, b) <= U``, along the last axis.
 
-    ``counts_*`` are extended grid counts ``[0, C[0], ..., C[g-1], n]``.
-    The difference of the two empirical CDFs at a grid point equals
-    their difference at the largest data value not above it (or 0), one
-    of the values ks_counts maximises, so the largest is a lower bound. For t in the cell ``(G[j-1], G[j]]`` the CDFs lie between
-    their values at the cell's ends, so ``F_a(t) - F_b(t) <= C_a[j] -
-    C_b[j-1]`` and symmetrically, which bounds every t from above.
+    ``counts_*`` are extended grid counts ``[0, C[0], ..., C[g-1], n]``;
+    either may be a stack of them (one row per other submission), which
+    is how a check bounds a whole segment at once. The difference of the
+    two empirical CDFs at a grid point equals their difference at the
+    largest data value not above it (or 0), one of the values ks_counts
+    maximises, so the largest is a lower bound. For t in the cell
+    ``(G[j-1], G[j]]`` the CDFs lie between their values at the cell's
+    ends, so ``F_a(t) - F_b(t) <= C_a[j] - C_b[j-1]`` and symmetrically,
+    which bounds every t from above.
     """
-    a = counts_a.astype(np.int64)
-    b = counts_b.astype(np.int64)
-    lower = int(np.max(np.abs(a - b)))
-    upper = int(np.max(cell_bounds(a, b)))
-    return lower, upper
+    a = np.asarray(counts_a, dtype=np.int64)
+    b = np.asarray(counts_b, dtype=np.int64)
+    return np.max(np.abs(a - b), axis=-1), np.max(cell_bounds(a, b), axis=-1)
 
 
 def cell_bounds(a, b):
@@ -321,9 +322,9 @@ class PreparedRound:
     rebuilt from their float32 copy, and only when a bound is undecided.
 
     Thread safety: structure changes happen under one lock. A check takes
-    a snapshot under the lock and computes outside it. Slots freed by
-    :meth:`remove` or a replacing :meth:`add` are reused only once no
-    check is running, so a running check never sees a slot rewritten.
+    a snapshot under the lock and computes outside it. Slots freed by a
+    replacing :meth:`add` are reused only once no check is running, so a
+    running check never sees a slot rewritten.
     """
 
     def __init__(self, fetch_exact=None, grid_points=GRID_POINTS):
@@ -387,11 +388,6 @@ class PreparedRound:
             self._slot_of[key] = slot
             if old is not None:
                 self._retire(old)
-
-    def remove(self, key):
-        """Forget ``key``; raises KeyError when it is not present."""
-        with self._lock:
-            self._retire(self._slot_of.pop(key))
 
     def _validated(self, values, setting_up=False):
         values = np.ascontiguousarray(values, dtype=np.float64)
@@ -599,8 +595,7 @@ class _Check:
         inner = segment.counts[rows].astype(np.int64)
         n = self.snap.n
         other = np.concatenate([np.zeros((rows.size, 1), np.int64), inner, np.full((rows.size, 1), n, np.int64)], axis=1)
-        lower = np.max(np.abs(other - self.cand.counts), axis=1)
-        upper = np.max(cell_bounds(other, self.cand.counts), axis=1)
+        lower, upper = ks_interval(other, self.cand.counts)
         if np.any(upper < self.dup_cut):
             return False
         self.similar += int(np.count_nonzero(upper < self.similar_cut))

@@ -23,7 +23,7 @@ from queues.pipeline import Pipeline
 from queues.rounds import Rounds
 from queues.store import Store
 from queues.supervisor import Supervisor
-from scoring.originality import PlainIndex
+from scoring.prepared import PreparedRound
 from scoring.rules import Rules
 
 API_KEY = "test-key-9f8e7d6c5b4a"
@@ -100,7 +100,7 @@ def real_db(real_mongo_url):
 
 @pytest.fixture
 def rounds(files, tmp_path, rules):
-    return Rounds(files, str(tmp_path / "cache"), rules, PlainIndex)
+    return Rounds(files, str(tmp_path / "cache"), rules, PreparedRound)
 
 
 @pytest.fixture

@@ -115,11 +115,12 @@ def end_process_group(process, grace=10.0):
 class Database:
     """SecantusDB on a fixed loopback port; ``stop``/``start`` keep port and storage."""
 
-    def __init__(self, storage, log_path):
+    def __init__(self, storage, log_path, options=()):
         self.port = free_port()
         self.url = "mongodb://%s:%d" % (HOST, self.port)
         self.storage = storage
         self.log_path = log_path
+        self.options = list(options)  # e.g. ["--auth"]
         self.process = None
 
     def answers(self):
@@ -128,7 +129,7 @@ class Database:
     def start(self, timeout=60):
         assert self.process is None or self.process.poll() is not None, "database already running"
         command = [sys.executable, "-m", "secantus", "--host", HOST, "--port", str(self.port),
-                   "--storage-path", str(self.storage), "--log-level", "WARNING"]
+                   "--storage-path", str(self.storage), "--log-level", "WARNING"] + self.options
         with open(self.log_path, "ab") as log_file:
             self.process = subprocess.Popen(command, stdout=log_file, stderr=subprocess.STDOUT,
                                             stdin=subprocess.DEVNULL, start_new_session=True)

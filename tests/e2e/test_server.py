@@ -127,11 +127,21 @@ def test_form_encoded_post_is_accepted(storage, start_server):
     assert response.status_code == 202, response.text
     assert response.json()["submission_id"] == sub.submission_id
     assert response.json()["status"] == "queued"
-    wait_done_over_http(server, sub)
+    # ?wait= answers once it is judged: no polling loop
+    waited = requests.get(server.url + "/submissions/%s?wait=30" % sub.submission_id,
+                          headers={"X-API-Key": server.api_key}, timeout=60)
+    assert waited.status_code == 200 and waited.json()["status"] == "done", (waited.text, server.tail())
     assert_verdicts(storage.db.submissions.find_one({"_id": sub.oid}), want, server.tail())
     # a form with a wrong key is refused like JSON is
     refused = requests.post(server.url + "/", data={"submission_id": sub.submission_id, "api_key": "nope"}, timeout=30)
     assert refused.status_code == 401
+    # the 2017 README's curl -d: JSON labelled as a form, with user and competition_id
+    body = json.dumps({"user": "olga", "submission_id": sub.submission_id, "competition_id": 103, "api_key": server.api_key})
+    curl = requests.post(server.url + "/", data=body, headers={"Content-Type": "application/x-www-form-urlencoded"}, timeout=30)
+    assert curl.status_code == 202, curl.text
+    other_round = requests.post(server.url + "/", json={"submission_id": sub.submission_id, "competition_id": 41,
+                                                        "api_key": server.api_key}, timeout=30)
+    assert other_round.status_code == 400 and "belongs to round 103" in other_round.json()["error"]
     server.stop()
 
 
@@ -175,7 +185,8 @@ def test_http_errors_and_monitoring(storage, start_server):
     call("GET", "/submissions/" + unknown, headers={"X-API-Key": server.api_key}, expect=404)
     # a body over 16 KiB, even with a valid key and id
     big = {"submission_id": sub.submission_id, "api_key": server.api_key, "padding": "x" * (16 * 1024)}
-    call("POST", data=json.dumps(big), headers={"Content-Type": "application/json"}, expect=413)
+    assert "16 KiB (16384 bytes) limit" in call("POST", data=json.dumps(big), headers={"Content-Type": "application/json"},
+                                                 expect=413).json()["error"]
     # none of the refused requests queued anything
     assert "processing" not in storage.db.submissions.find_one({"_id": sub.oid})
 
@@ -190,6 +201,8 @@ def test_http_errors_and_monitoring(storage, start_server):
     metrics = call("GET", "/metrics", expect=200)
     assert metrics.headers["Content-Type"].startswith("text/plain")
     assert 'criteria_queue_depth{queue="dispatch"}' in metrics.text
+    assert "criteria_database_up 1.0" in metrics.text and "criteria_database_misconfigured 0.0" in metrics.text
+    assert 'criteria_thread_restarts_total{thread="dispatcher"} 0.0' in metrics.text  # before any restart
     assert "criteria_http_requests" in metrics.text and 'status="401"' in metrics.text
 
     # the good request still works after all that

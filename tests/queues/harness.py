@@ -28,7 +28,7 @@ from queues.store import ACTIVE, CHECKS, DONE, FAILED, RoundMembers, Store
 from queues.supervisor import Supervisor
 from queues.workers import ConcordanceWorker, Dispatcher, OriginalityWorker
 from scoring import concordance, consistency, originality
-from scoring.originality import PlainIndex
+from scoring.prepared import PreparedRound
 from scoring.submission import SubmissionError, parse_submission
 
 API_KEY = "harness-key"
@@ -97,7 +97,7 @@ class Node:
         self.board = Leaderboard(self.store, self.pipeline.stop)
         self.members = RoundMembers(self.store)
         rules = rules or Config(api_key=API_KEY).rules
-        rounds = Rounds(files, cache_dir, rules, PlainIndex)
+        rounds = Rounds(files, cache_dir, rules, PreparedRound)
         parts = dict(store=self.store, rounds=rounds, rules=rules, metrics=self.metrics, board=self.board,
                      members=self.members)
         self.workers = {DISPATCH: Dispatcher(self.pipeline, **parts),

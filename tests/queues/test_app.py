@@ -1,13 +1,17 @@
 """The HTTP intake through Flask's test client, against mongomock."""
 import json
 import logging
+import queue
 import random
 import string
+import threading
 
 import pymongo.errors
 import pytest
 
+from queues import app as app_module
 from queues.app import MAX_BODY_BYTES, create_app
+from queues.config import LOCAL_API_KEY, Config
 from queues.pipeline import DISPATCH
 from tests.conftest import API_KEY
 
@@ -122,7 +126,7 @@ def test_oversized_bodies_are_413(client):
     body = json.dumps({"submission_id": "5" * 24, "api_key": API_KEY, "pad": "x" * MAX_BODY_BYTES})
     response = client.post("/", data=body, content_type="application/json")
     assert response.status_code == 413
-    assert "error" in response.get_json()
+    assert "16 KiB (16384 bytes) limit" in response.get_json()["error"]
 
 
 class AwayStore:
@@ -280,3 +284,304 @@ def test_a_repeat_of_a_submission_in_flight_needs_no_database_round_trip(store, 
     store.submissions.update_one({}, {"$set": {"processing.state": "done"}})
     assert post(client, submission_id=sid, api_key=API_KEY).get_json()["duplicate"] is False
     assert counting.accepts == 2
+
+
+def test_no_name_in_the_app_shadows_a_werkzeug_exception():
+    """``BadRequest`` meant Werkzeug's 400 everywhere but here, where it also carried 401s and 404s."""
+    import werkzeug.exceptions
+
+    from queues import app as module
+    theirs = {name: value for name, value in vars(werkzeug.exceptions).items()
+              if isinstance(value, type) and issubclass(value, werkzeug.exceptions.HTTPException)}
+    shadowed = [name for name, value in vars(module).items() if name in theirs and value is not theirs[name]]
+    assert shadowed == []
+
+
+# -- the 2017 request forms -------------------------------------------------------------
+def test_the_2017_curl_form_a_json_body_labelled_as_a_form_is_accepted(client, submit, model, pipeline):
+    """``curl -X POST -d '{...}'`` labels JSON as application/x-www-form-urlencoded."""
+    sid = submit("zuz", model(1))
+    body = json.dumps({"user": "zuz", "submission_id": sid, "competition_id": 41, "api_key": API_KEY})
+    for content_type in ("application/x-www-form-urlencoded", "text/plain", None):
+        response = client.post("/", data=body, content_type=content_type)
+        assert response.status_code == 202, response.get_json()
+    assert pipeline.depth(DISPATCH) == 1
+
+
+def test_the_2017_requests_form_with_user_and_competition_id(client, submit, model, pipeline):
+    """``requests.post(url, data={'user': ..., 'submission_id': ..., 'competition_id': 41})``: all text."""
+    sid = submit("zuz", model(1))
+    response = client.post("/", data={"user": "zuz", "submission_id": sid, "competition_id": "41", "api_key": API_KEY})
+    assert response.status_code == 202, response.get_json()
+    assert pipeline.depth(DISPATCH) == 1
+
+
+@pytest.mark.parametrize("given", [40, "40", 40.0])
+def test_a_competition_id_other_than_the_submissions_round_is_400(client, submit, model, pipeline, store, given):
+    sid = submit("zuz", model(1))
+    response = post(client, submission_id=sid, api_key=API_KEY, competition_id=given)
+    assert response.status_code == 400
+    assert response.get_json()["error"] == "submission %s belongs to round 41, not to competition_id 40" % sid
+    assert pipeline.depth(DISPATCH) == 0 and "processing" not in store.get(sid)
+
+
+@pytest.mark.parametrize("given", ["round 41", True, 41.5, [41], {"n": 41}, "-41"])
+def test_a_competition_id_that_is_not_a_round_number_is_400(client, submit, model, given):
+    response = post(client, submission_id=submit("zuz", model(1)), api_key=API_KEY, competition_id=given)
+    assert response.status_code == 400
+    assert "competition_id" in response.get_json()["error"]
+
+
+def test_a_competition_id_with_an_unknown_submission_is_404(client):
+    response = post(client, submission_id="5" * 24, api_key=API_KEY, competition_id=41)
+    assert response.status_code == 404
+
+
+@pytest.mark.parametrize("body, status", [
+    ({"user": "zuz"}, 202),
+    ({"user_id": "zuz", "user": "zuz"}, 202),
+    ({"user_id": "zuz", "user": "bob"}, 400),
+    ({"user": 7}, 400),
+])
+def test_user_is_another_name_for_user_id(client, submit, model, body, status):
+    response = post(client, submission_id=submit("zuz", model(1)), api_key=API_KEY, **body)
+    assert response.status_code == status, response.get_json()
+
+
+def test_a_missing_key_says_where_it_goes(client, submit, model):
+    sid = submit("zuz", model(1))
+    message = post(client, submission_id=sid).get_json()["error"]
+    assert "api_key" in message and "X-API-Key" in message
+    assert "README" not in message  # production has no development key to point to
+    message = client.get("/submissions/" + sid).get_json()["error"]
+    assert "X-API-Key" in message
+    in_url = client.get("/submissions/%s?api_key=%s" % (sid, API_KEY))
+    assert in_url.status_code == 401 and "not in the URL" in in_url.get_json()["error"]
+
+
+def test_in_local_mode_a_missing_key_points_to_the_readme(store, pipeline, supervisor, metrics, submit, model):
+    local = create_app(store, pipeline, Config(api_key=LOCAL_API_KEY, local=True), supervisor, metrics).test_client()
+    sid = submit("zuz", model(1))
+    assert "development key is in the README" in post(local, submission_id=sid).get_json()["error"]
+    assert "development key is in the README" in local.get("/submissions/" + sid).get_json()["error"]
+
+
+def test_the_key_may_come_in_the_header_of_a_post(client, submit, model, pipeline):
+    sid = submit("zuz", model(1))
+    assert client.post("/", json={"submission_id": sid}, headers={"X-API-Key": API_KEY}).status_code == 202
+    assert client.post("/", json={"submission_id": sid}, headers={"X-API-Key": "wrong"}).status_code == 401
+
+
+def test_a_plus_sent_unencoded_in_a_form_is_explained(store, pipeline, supervisor, metrics, submit, model, caplog):
+    """The development key has a '+'; a hand-written form turns it into a space."""
+    local = create_app(store, pipeline, Config(api_key=LOCAL_API_KEY, local=True), supervisor, metrics).test_client()
+    sid = submit("zuz", model(1))
+    raw = "submission_id=%s&api_key=%s" % (sid, LOCAL_API_KEY)
+    response = local.post("/", data=raw, content_type="application/x-www-form-urlencoded")
+    assert response.status_code == 401
+    message = response.get_json()["error"]
+    assert "%2B" in message and "space" in message
+    assert LOCAL_API_KEY.replace("+", " ") not in response.get_data(as_text=True) + caplog.text
+    encoded = "submission_id=%s&api_key=%s" % (sid, LOCAL_API_KEY.replace("+", "%2B").replace("/", "%2F").replace("=", "%3D"))
+    assert local.post("/", data=encoded, content_type="application/x-www-form-urlencoded").status_code == 202
+    wrong = local.post("/", json={"submission_id": sid, "api_key": "not-the-key"}).get_json()["error"]
+    assert "%2B" not in wrong  # only a key with a space gets the hint
+
+
+# -- a database that rejects the server's settings ------------------------------------------
+class RejectingStore:
+    """A store whose database answers, but refuses the server: ``methods`` raise ``error``."""
+
+    def __init__(self, store, error, methods):
+        self.store, self.error, self.methods = store, error, methods
+
+    def __getattr__(self, name):
+        if name not in self.methods:
+            return getattr(self.store, name)
+
+        def rejected(*args, **kwargs):
+            raise self.error
+        return rejected
+
+
+SECRET_IN_ERROR = "pw-7f3a-in-the-driver-message"
+
+
+@pytest.mark.parametrize("error, setting", [
+    (pymongo.errors.OperationFailure("Authentication failed for judge:" + SECRET_IN_ERROR, code=18), "MONGO_URL"),
+    (pymongo.errors.ServerSelectionTimeoutError(
+        "authentication failed, full error: {'ok': 0.0, 'errmsg': 'authentication failed', 'code': 18, "
+        "'codeName': 'AuthenticationFailed', 'x': '%s'}" % SECRET_IN_ERROR), "MONGO_URL"),
+], ids=["auth-failed", "auth-failed-later"])
+def test_rejected_credentials_are_a_500_naming_the_misconfiguration(store, pipeline, config, supervisor, metrics,
+                                                                    submit, model, error, setting):
+    sid = submit("zuz", model(1))
+    client = create_app(RejectingStore(store, error, ("ping", "get", "accept_many")), pipeline, config,
+                        supervisor, metrics).test_client()
+    for response in (post(client, submission_id=sid, api_key=API_KEY),
+                     client.get("/submissions/" + sid, headers={"X-API-Key": API_KEY})):
+        assert response.status_code == 500
+        message = response.get_json()["error"]
+        assert "misconfigured" in message and setting in message and "AuthenticationFailed" in message
+        assert "Retry-After" not in response.headers  # retrying will not help
+        assert SECRET_IN_ERROR not in response.get_data(as_text=True)
+    assert pipeline.depth(DISPATCH) == 0
+    health = client.get("/health")
+    assert health.status_code == 503
+    assert health.get_json()["database"].startswith("misconfigured: ") and setting in health.get_json()["database"]
+
+
+def test_health_notices_a_user_without_rights_although_ping_answers(store, pipeline, config, supervisor, metrics):
+    not_authorised = pymongo.errors.OperationFailure("not authorized on numerai to execute command { find }", code=13)
+    client = create_app(RejectingStore(store, not_authorised, ("get",)), pipeline, config,
+                        supervisor, metrics).test_client()
+    body = client.get("/health").get_json()
+    assert body["database"].startswith("misconfigured: ") and "Unauthorized" in body["database"]
+    assert "MONGO_DB_NAME" in body["database"]
+
+
+# -- GET /submissions/<id>?wait=<seconds> ---------------------------------------------------
+class Reads:
+    """A store whose ``get`` reports each state it reads on a queue: the test knows a request is waiting."""
+
+    def __init__(self, store):
+        self.store = store
+        self.seen = queue.Queue()
+
+    def get(self, submission_id):
+        doc = self.store.get(submission_id)
+        self.seen.put(((doc or {}).get("processing") or {}).get("state"))
+        return doc
+
+    def __getattr__(self, name):
+        return getattr(self.store, name)
+
+
+@pytest.fixture
+def waiting(store, pipeline, supervisor, metrics, monkeypatch):
+    """An app with room for one waiting request, a quick poll, and a store that reports its reads."""
+    monkeypatch.setattr(app_module, "WAIT_POLL", 0.01)
+    reads = Reads(store)
+    client = create_app(reads, pipeline, Config(api_key=API_KEY, http_threads=3), supervisor, metrics).test_client()
+    return client, reads
+
+
+def get_in_thread(client, path):
+    """GET on another thread; returns (thread, box) where box['response'] appears when it answers."""
+    box = {}
+    thread = threading.Thread(target=lambda: box.update(response=client.get(path, headers={"X-API-Key": API_KEY})))
+    thread.start()
+    return thread, box
+
+
+def settle(store, sid, state="done"):
+    store.submissions.update_one({"_id": store.get(sid)["_id"]}, {"$set": {"processing.state": state}})
+
+
+@pytest.mark.parametrize("state", ["done", "failed"])
+def test_wait_answers_as_soon_as_the_submission_is_settled(waiting, store, submit, model, state):
+    client, reads = waiting
+    sid = submit("zuz", model(1))
+    assert post(client, submission_id=sid, api_key=API_KEY).status_code == 202
+    thread, box = get_in_thread(client, "/submissions/%s?wait=30" % sid)
+    assert reads.seen.get(timeout=10) == "queued"  # the request read it unsettled: it is waiting
+    settle(store, sid, state)
+    thread.join(20)  # well before the 30 s the request asked for
+    assert not thread.is_alive()
+    assert box["response"].status_code == 200 and box["response"].get_json()["status"] == state
+
+
+def test_wait_ends_at_its_deadline_with_the_state_as_it_is(waiting, submit, model):
+    client, reads = waiting
+    sid = submit("zuz", model(1))
+    post(client, submission_id=sid, api_key=API_KEY)
+    response = client.get("/submissions/%s?wait=0.05" % sid, headers={"X-API-Key": API_KEY})
+    assert response.status_code == 200 and response.get_json()["status"] == "queued"
+    assert reads.seen.qsize() >= 2  # it looked again before giving up
+
+
+def test_waits_are_cut_to_the_maximum(waiting, submit, model, monkeypatch):
+    client, reads = waiting
+    monkeypatch.setattr(app_module, "MAX_WAIT", 0.05)
+    sid = submit("zuz", model(1))
+    post(client, submission_id=sid, api_key=API_KEY)
+    thread, box = get_in_thread(client, "/submissions/%s?wait=1e9" % sid)
+    thread.join(20)
+    assert not thread.is_alive() and box["response"].get_json()["status"] == "queued"
+
+
+def test_a_settled_or_unknown_submission_answers_at_once(waiting, store, submit, model):
+    client, reads = waiting
+    sid = submit("zuz", model(1))
+    post(client, submission_id=sid, api_key=API_KEY)
+    settle(store, sid)
+    while not reads.seen.empty():
+        reads.seen.get()
+    assert client.get("/submissions/%s?wait=30" % sid, headers={"X-API-Key": API_KEY}).get_json()["status"] == "done"
+    assert reads.seen.qsize() == 1
+    assert client.get("/submissions/%s?wait=30" % ("6" * 24), headers={"X-API-Key": API_KEY}).status_code == 404
+
+
+def test_waiting_requests_are_capped_and_told_so(waiting, store, submit, model):
+    """HTTP_THREADS=3 allows one waiting request: the next waits for nothing and gets a 429."""
+    client, reads = waiting
+    first, second = submit("zuz", model(1)), submit("bob", model(2))
+    for sid in (first, second):
+        post(client, submission_id=sid, api_key=API_KEY)
+    thread, box = get_in_thread(client, "/submissions/%s?wait=30" % first)
+    assert [reads.seen.get(timeout=10) for _ in range(2)] == ["queued"] * 2  # read again: it holds the place
+    refused = client.get("/submissions/%s?wait=30" % second, headers={"X-API-Key": API_KEY})
+    assert refused.status_code == 429
+    assert int(refused.headers["Retry-After"]) > 0
+    assert "too many requests are waiting" in refused.get_json()["error"] and "(limit 1" in refused.get_json()["error"]
+    assert "without wait" in refused.get_json()["error"]
+    plain = client.get("/submissions/" + second, headers={"X-API-Key": API_KEY})
+    assert plain.status_code == 200 and plain.get_json()["status"] == "queued"  # without wait: no limit
+    settle(store, first)
+    thread.join(20)
+    assert not thread.is_alive() and box["response"].get_json()["status"] == "done"
+    settle(store, second)
+    again = client.get("/submissions/%s?wait=30" % second, headers={"X-API-Key": API_KEY})
+    assert again.status_code == 200  # the slot is free again
+
+
+def test_stopping_the_server_ends_every_wait(waiting, pipeline, submit, model):
+    client, reads = waiting
+    sid = submit("zuz", model(1))
+    post(client, submission_id=sid, api_key=API_KEY)
+    thread, box = get_in_thread(client, "/submissions/%s?wait=30" % sid)
+    assert reads.seen.get(timeout=10) == "queued"
+    pipeline.stop.set()
+    thread.join(20)
+    assert not thread.is_alive() and box["response"].get_json()["status"] == "queued"
+
+
+@pytest.mark.parametrize("wait", ["abc", "-1", "nan", ""])
+def test_a_wait_that_is_not_a_number_of_seconds_is_400(client, submit, model, wait):
+    sid = submit("zuz", model(1))
+    response = client.get("/submissions/%s?wait=%s" % (sid, wait), headers={"X-API-Key": API_KEY})
+    assert response.status_code == 400 and "wait must be a number of seconds" in response.get_json()["error"]
+
+
+def test_waiting_requests_are_counted_on_metrics(waiting, store, metrics, submit, model):
+    client, reads = waiting
+    sid = submit("zuz", model(1))
+    post(client, submission_id=sid, api_key=API_KEY)
+    gauge = 'criteria_http_waiting_requests %s'
+    assert gauge % "0.0" in client.get("/metrics").get_data(as_text=True)
+    thread, box = get_in_thread(client, "/submissions/%s?wait=30" % sid)
+    assert [reads.seen.get(timeout=10) for _ in range(2)] == ["queued"] * 2  # read again: it is counted
+    assert gauge % "1.0" in client.get("/metrics").get_data(as_text=True)
+    settle(store, sid)
+    thread.join(20)
+    assert gauge % "0.0" in client.get("/metrics").get_data(as_text=True)
+
+
+def test_a_server_with_one_http_thread_lets_no_request_wait(store, pipeline, supervisor, metrics, submit, model):
+    """A waiting request would take the only thread: it is told to ask without wait instead."""
+    client = create_app(store, pipeline, Config(api_key=API_KEY, http_threads=1), supervisor, metrics).test_client()
+    sid = submit("zuz", model(1))
+    post(client, submission_id=sid, api_key=API_KEY)
+    response = client.get("/submissions/%s?wait=30" % sid, headers={"X-API-Key": API_KEY})
+    assert response.status_code == 429 and "(limit 0" in response.get_json()["error"]
+    assert client.get("/submissions/" + sid, headers={"X-API-Key": API_KEY}).status_code == 200

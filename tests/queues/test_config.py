@@ -221,3 +221,27 @@ def test_repr_hides_the_local_api_key(tmp_path):
 
 def test_repr_hides_the_mongo_password(env):
     assert MONGO_PASSWORD not in repr(from_env(env))
+
+
+@pytest.mark.parametrize("name, value", [
+    ("MONGO_URL", "<YOUR_MONGO_URL>"),
+    ("MONGO_URL", "mongo.example:27017"),
+    ("MONGO_URL", "judge:%s@db.internal" % MONGO_PASSWORD),
+    ("S3_ENDPOINT_URL", "minio.example:9000"),
+])
+def test_urls_without_their_scheme_are_rejected_naming_the_variable(env, name, value):
+    """pymongo takes '<YOUR_MONGO_URL>' for a host name, and botocore refuses a bare endpoint with a traceback."""
+    env[name] = value
+    with pytest.raises(ConfigError) as raised:
+        from_env(env)
+    assert named(str(raised.value), name)
+    assert value not in str(raised.value) and MONGO_PASSWORD not in str(raised.value)
+    if name == "MONGO_URL":
+        with pytest.raises(ConfigError):
+            from_env({"MONGO_URL": value}, use_local=True)
+
+
+@pytest.mark.parametrize("value", ["mongodb://127.0.0.1:27017", "mongodb+srv://judge:pw@cluster0.example.net/x"])
+def test_mongodb_urls_are_accepted(env, value):
+    env["MONGO_URL"] = value
+    assert from_env(env).mongo_url == value

@@ -88,3 +88,49 @@ def test_reason_is_the_message_or_the_type_name():
     assert reason(MissingFile("the file is gone")) == "the file is gone"
     assert reason(SubmissionError()) == "SubmissionError"
     assert errors.reason(ValueError("")) == "ValueError"
+
+
+# -- misconfiguration: neither the submission's fault nor cured by retrying -----------------
+def auth_failed_later():
+    """What pymongo raises for every operation after an authentication failure."""
+    return pymongo.errors.ServerSelectionTimeoutError(
+        "127.0.0.1:27017: authentication failed, full error: {'ok': 0.0, 'errmsg': 'authentication failed', "
+        "'code': 18, 'codeName': 'AuthenticationFailed'}, Timeout: 3.0s, Topology Description: <...>")
+
+
+MISCONFIGURED = [
+    (pymongo.errors.OperationFailure("Authentication failed.", code=18), "MONGO_URL"),
+    (pymongo.errors.OperationFailure("not authorized on numerai to execute command", code=13), "MONGO_DB_NAME"),
+    (pymongo.errors.OperationFailure("Could not find user", code=11), "MONGO_URL"),
+    (pymongo.errors.OperationFailure("bad auth : Authentication failed.", code=8000), "MONGO_URL"),
+    (auth_failed_later(), "MONGO_URL"),
+    (pymongo.errors.InvalidURI("Username and password must be escaped"), "MONGO_URL"),
+    (pymongo.errors.InvalidName("database names cannot contain the character ' '"), "MONGO_DB_NAME"),
+    (client_error("InvalidAccessKeyId", 403), "S3_ACCESS_KEY"),
+    (client_error("SignatureDoesNotMatch", 403), "S3_SECRET_KEY"),
+    (client_error("AccessDenied", 403), "S3_UPLOAD_BUCKET"),
+    (client_error("NoSuchBucket", 404), "S3_DATASET_BUCKET"),
+    (botocore.exceptions.NoCredentialsError(), "S3_ACCESS_KEY"),
+]
+
+
+@pytest.mark.parametrize("exc, setting", MISCONFIGURED, ids=lambda value: name(value) if isinstance(value, Exception) else value)
+def test_misconfiguration_names_the_setting_to_fix(exc, setting):
+    assert errors.is_misconfiguration(exc) is True
+    assert setting in errors.misconfiguration(exc)
+    assert not isinstance(exc, PERMANENT)  # never recorded against a submission
+
+
+@pytest.mark.parametrize("exc", TRANSIENT + [e for e in NOT_TRANSIENT if not (
+    isinstance(e, botocore.exceptions.ClientError) and e.response["Error"]["Code"] in ("AccessDenied", "NoSuchBucket"))],
+    ids=name)
+def test_other_failures_are_not_misconfigurations(exc):
+    assert errors.is_misconfiguration(exc) is False
+    assert errors.misconfiguration(exc) is None
+
+
+def test_a_bucket_name_the_error_carries_is_named():
+    exc = botocore.exceptions.ClientError(
+        {"Error": {"Code": "NoSuchBucket", "Message": "x", "BucketName": "uploads-prod"},
+         "ResponseMetadata": {"HTTPStatusCode": 404}}, "GetObject")
+    assert "uploads-prod" in errors.misconfiguration(exc)

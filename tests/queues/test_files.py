@@ -7,7 +7,7 @@ import botocore.exceptions
 import pytest
 from moto import mock_aws
 
-from queues.errors import MissingFile, PermanentError, is_transient
+from queues.errors import MissingFile, PermanentError, is_transient, misconfiguration
 from queues.files import DATASET_NAME, LocalFiles, S3Files, dataset_key, submission_key
 
 UPLOADS, DATASETS = "uploads-test", "datasets-test"
@@ -75,6 +75,30 @@ def test_s3_missing_submission_names_the_key(s3files):
     assert isinstance(raised.value, PermanentError)
     assert not is_transient(raised.value)
 
+
+
+@pytest.mark.parametrize("bucket", ["upload", "dataset"])
+def test_s3_missing_bucket_is_a_misconfiguration_not_a_missing_file(s3, tmp_path, bucket):
+    """A wrong bucket name must not fail every submission as 'file not in storage'."""
+    names = {"upload": UPLOADS, "dataset": DATASETS, bucket: "no-such-bucket-here"}
+    files = S3Files(s3, names["upload"], names["dataset"], str(tmp_path))
+    with pytest.raises(botocore.exceptions.ClientError) as raised:
+        files.submission("alice", "p.csv") if bucket == "upload" else files.dataset(41)
+    assert "S3_%s_BUCKET" % bucket.upper() in misconfiguration(raised.value)
+
+
+def test_s3_bare_404_from_a_head_is_told_apart_for_a_missing_bucket(s3, tmp_path):
+    """Real S3 answers HEAD on a missing bucket with a bare 404, as for a missing key."""
+    def bare_404(method, *args, **kwargs):
+        raise botocore.exceptions.ClientError(
+            {"Error": {"Code": "404", "Message": "Not Found"}, "ResponseMetadata": {"HTTPStatusCode": 404}}, "HeadObject")
+    missing_bucket = S3Files(Counting(s3, fail={"head_object": bare_404}), UPLOADS, "no-such-bucket", str(tmp_path))
+    with pytest.raises(botocore.exceptions.ClientError) as raised:
+        missing_bucket.dataset(41)
+    assert "no-such-bucket" in misconfiguration(raised.value)
+    missing_key = S3Files(Counting(s3, fail={"head_object": bare_404}), UPLOADS, DATASETS, str(tmp_path))
+    with pytest.raises(MissingFile):
+        missing_key.dataset(41)
 
 def test_s3_server_error_is_not_a_missing_file(s3, tmp_path):
     def unavailable(method, *args, **kwargs):

@@ -52,7 +52,7 @@ def no_embedding(monkeypatch):
     started = []
 
     @contextlib.contextmanager
-    def fake_embedded(local_dir):
+    def fake_embedded(local_dir, serving=""):
         started.append(local_dir)
         yield "mongodb://127.0.0.1:1/embedded"
     monkeypatch.setattr(local, "embedded", fake_embedded)
@@ -123,3 +123,54 @@ def test_embedded_database_answers_keeps_data_and_stops(tmp_path, spawned):
     assert found == {"_id": "kept", "username": "zuz"}
     assert len(spawned) == 2 and spawned[1].poll() is not None
     assert (tmp_path / "local" / "secantus.log").exists()
+
+
+# -- one folder, one server ------------------------------------------------------------------
+def test_a_claimed_folder_refuses_a_second_claim_naming_the_holder(tmp_path):
+    folder = str(tmp_path / "local")
+    with local.claim(folder, "http://127.0.0.1:5261"):
+        with pytest.raises(local.LocalDatabaseError) as raised:
+            with local.claim(folder, "http://127.0.0.1:5262"):
+                pytest.fail("two servers hold one folder")
+        message = str(raised.value)
+        assert "in use" in message and "http://127.0.0.1:5261" in message and "--local-dir" in message
+        assert "\n" not in message
+    with local.claim(folder, "http://127.0.0.1:5262"):  # free again once the first let go
+        pass
+
+
+def test_a_second_embedded_database_on_a_claimed_folder_never_starts(tmp_path, monkeypatch):
+    monkeypatch.setattr(local, "start_secantus", lambda *a, **k: pytest.fail("started a second database"))
+    folder = str(tmp_path / "local")
+    with local.claim(folder, "http://127.0.0.1:5261"):
+        with pytest.raises(local.LocalDatabaseError, match="in use by another ./server --use_local"):
+            with local.embedded(folder, "http://127.0.0.1:5262"):
+                pass
+
+
+def test_why_it_exited_reads_only_what_this_start_logged(tmp_path):
+    log_path = tmp_path / "secantus.log"
+    log_path.write_text("old run: WiredTiger.lock: Resource temporarily unavailable\n")
+    offset = log_path.stat().st_size
+    with open(log_path, "a") as handle:
+        handle.write("Traceback (most recent call last):\nOSError: [Errno 28] No space left on device\n")
+    reason = local.why_it_exited(str(tmp_path), str(log_path), offset)
+    assert "No space left on device" in reason and "in use" not in reason
+    assert "in use by another process" in local.why_it_exited(str(tmp_path), str(log_path), 0)
+
+
+@pytest.mark.slow
+def test_a_database_left_running_on_the_folder_is_named_not_a_traceback(tmp_path, spawned):
+    """A SecantusDB outliving its server (SIGKILL) keeps the folder; the next start says so."""
+    folder = str(tmp_path / "local")
+    port = local.free_port()
+    url = "mongodb://127.0.0.1:%d" % port
+    orphan = local.start_secantus(str(tmp_path / "local" / "db"), port, str(tmp_path / "orphan.log"))
+    spawned.append(orphan)
+    local.wait_until_up(url, orphan)
+    with pytest.raises(local.LocalDatabaseError) as raised:
+        with local.embedded(folder, "http://127.0.0.1:5262"):
+            pytest.fail("a second database started on a folder in use")
+    message = str(raised.value)
+    assert "exited with code" in message and "in use by another process" in message and "--local-dir" in message
+    assert "\n" not in message

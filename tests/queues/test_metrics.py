@@ -123,3 +123,38 @@ def test_instances_do_not_share_a_registry(pipeline, supervisor):
     assert value(samples, "criteria_submissions_total", outcome="done") == 0
     assert value(samples, "criteria_stage_duration_seconds_count", stage=DISPATCH) == 0
     assert not any(name == "criteria_queue_depth" for name, _ in samples)
+
+
+def test_restart_counters_exist_at_zero_before_any_restart(metrics, pipeline):
+    """``increase(criteria_thread_restarts_total[...])`` needs a sample before the first restart."""
+    supervisor = Supervisor(pipeline.stop, metrics, check_interval=3600)
+    for name in ("dispatcher", "concordance", "originality-0"):
+        supervisor.add(name, pipeline.stop.wait)
+    samples = scrape(metrics)
+    for name in ("dispatcher", "concordance", "originality-0"):
+        assert value(samples, "criteria_thread_restarts_total", thread=name) == 0
+    metrics.thread_restarted("concordance")
+    assert value(scrape(metrics), "criteria_thread_restarts_total", thread="concordance") == 1
+
+
+def test_request_counters_exist_at_zero_for_every_answer_an_endpoint_gives(store, pipeline, config, supervisor, metrics):
+    from queues.app import ANSWERS, create_app
+    client = create_app(store, pipeline, config, supervisor, metrics).test_client()
+    samples = scrape(metrics)
+    for endpoint, statuses in ANSWERS.items():
+        for status in statuses:
+            assert value(samples, "criteria_http_requests_total", endpoint=endpoint, status=str(status)) == 0
+    assert client.post("/", json={}).status_code == 401
+    assert value(scrape(metrics), "criteria_http_requests_total", endpoint="/", status="401") == 1
+
+
+@pytest.mark.parametrize("state, up, misconfigured", [
+    ("ok", 1, 0),
+    ("unavailable (ServerSelectionTimeoutError)", 0, 0),
+    ("misconfigured: MongoDB rejected the server's credentials", 0, 1),
+])
+def test_database_gauges_follow_the_health_state(metrics, pipeline, supervisor, state, up, misconfigured):
+    metrics.watch(pipeline, supervisor, database=lambda: state)
+    samples = scrape(metrics)
+    assert value(samples, "criteria_database_up") == up
+    assert value(samples, "criteria_database_misconfigured") == misconfigured

@@ -15,7 +15,7 @@ from queues.errors import MissingFile
 from queues.rounds import Rounds
 from scoring import concordance
 from scoring.dataset import TOURNAMENT_FILE, TRAINING_FILE, DatasetError
-from scoring.originality import PlainIndex
+from scoring.prepared import PreparedRound
 from scoring.submission import SubmissionError, parse_submission
 
 ROUND = 41
@@ -86,7 +86,7 @@ def same_groups(a, b):
 
 # -- loading ---------------------------------------------------------------------------
 def test_get_loads_a_round_once(counting, cache, rules, round_frames):
-    rounds = Rounds(counting, cache, rules, PlainIndex)
+    rounds = Rounds(counting, cache, rules, PreparedRound)
     rnd = rounds.get(ROUND)
     assert rounds.get(ROUND) is rnd
     assert rounds.get(str(ROUND)) is rnd
@@ -96,11 +96,11 @@ def test_get_loads_a_round_once(counting, cache, rules, round_frames):
     assert list(rnd.tournament.data_types) == list(tournament["data_type"])
     assert rnd.competition_id == ROUND
     assert rnd.version == counting.inner.dataset_version(ROUND)
-    assert isinstance(rnd.index, PlainIndex) and len(rnd.index) == 0
+    assert isinstance(rnd.index, PreparedRound) and len(rnd.index) == 0
 
 
 def test_concurrent_gets_load_once(counting, cache, rules):
-    rounds = Rounds(counting, cache, rules, PlainIndex)
+    rounds = Rounds(counting, cache, rules, PreparedRound)
     threads = 8
     barrier = threading.Barrier(threads)
     got = [None] * threads
@@ -121,14 +121,14 @@ def test_concurrent_gets_load_once(counting, cache, rules):
 
 def test_different_rounds_are_loaded_separately(files, counting, cache, rules, round_zip):
     files.put_dataset(42, str(round_zip))
-    rounds = Rounds(counting, cache, rules, PlainIndex)
+    rounds = Rounds(counting, cache, rules, PreparedRound)
     assert rounds.get(41) is not rounds.get(42)
     assert rounds.get(42).competition_id == 42
     assert counting.calls["dataset"] == 2
 
 
 def test_a_failed_load_is_not_cached(files, counting, cache, rules, round_zip):
-    rounds = Rounds(counting, cache, rules, PlainIndex)
+    rounds = Rounds(counting, cache, rules, PreparedRound)
     with pytest.raises(MissingFile, match="no dataset"):
         rounds.get(42)
     with pytest.raises(MissingFile):
@@ -203,7 +203,7 @@ def test_a_restart_reads_the_labels_back_without_fitting(files, cache, rules, ro
     def refuse(*args, **kwargs):
         raise AssertionError("fitted again instead of reading the saved labels")
     monkeypatch.setattr(concordance, "fit_clusters", refuse)
-    restarted = Rounds(files, cache, rules, PlainIndex)
+    restarted = Rounds(files, cache, rules, PreparedRound)
     same_groups(restarted.groups(restarted.get(ROUND)), first)
 
 
@@ -220,7 +220,7 @@ def test_a_new_dataset_version_is_clustered_again(files, cache, rules, rounds, f
     os.utime(files.dataset_path(ROUND), ns=(stat.st_atime_ns, stat.st_mtime_ns + 10 ** 9))
     assert files.dataset_version(ROUND) != old_version
 
-    restarted = Rounds(files, cache, rules, PlainIndex)
+    restarted = Rounds(files, cache, rules, PreparedRound)
     restarted.groups(restarted.get(ROUND))
     assert len(fits) == 2
     assert len(glob.glob(os.path.join(cache, "clusters", "*.npy"))) == 2
@@ -229,14 +229,14 @@ def test_a_new_dataset_version_is_clustered_again(files, cache, rules, rounds, f
 @pytest.mark.parametrize("change", [{"concordance_seed": 7}, {"concordance_clusters": 3}])
 def test_changed_clustering_rules_do_not_reuse_labels(files, cache, rules, rounds, fits, change):
     rounds.groups(rounds.get(ROUND))
-    other = Rounds(files, cache, dataclasses.replace(rules, **change), PlainIndex)
+    other = Rounds(files, cache, dataclasses.replace(rules, **change), PreparedRound)
     groups = other.groups(other.get(ROUND))
     assert len(fits) == 2
     assert fits[-1] == dataclasses.replace(rules, **change)  # fitted with the new settings
     if "concordance_clusters" in change:
         assert len(groups) <= change["concordance_clusters"]
     # the original settings still find their own labels
-    again = Rounds(files, cache, rules, PlainIndex)
+    again = Rounds(files, cache, rules, PreparedRound)
     again.groups(again.get(ROUND))
     assert len(fits) == 2
 
@@ -259,7 +259,7 @@ def test_damaged_saved_labels_are_recomputed(files, cache, rules, rounds, fits, 
         raw = handle.read()
     with open(saved, "wb") as handle:
         handle.write(damage(raw))
-    restarted = Rounds(files, cache, rules, PlainIndex)
+    restarted = Rounds(files, cache, rules, PreparedRound)
     same_groups(restarted.groups(restarted.get(ROUND)), first)
     assert len(fits) == 2
 
@@ -268,7 +268,7 @@ def test_an_empty_saved_labels_file_is_recomputed(files, cache, rules, rounds, f
     first = rounds.groups(rounds.get(ROUND))
     (saved,) = glob.glob(os.path.join(cache, "clusters", "*.npy"))
     open(saved, "wb").close()
-    restarted = Rounds(files, cache, rules, PlainIndex)
+    restarted = Rounds(files, cache, rules, PreparedRound)
     same_groups(restarted.groups(restarted.get(ROUND)), first)
 
 
@@ -300,7 +300,7 @@ def test_predictions_of_a_bad_or_missing_file(files, rounds, round_frames):
 
 def test_prepare_adds_to_the_index_once(counting, cache, rules, uploaded):
     values, raw = uploaded
-    rounds = Rounds(counting, cache, rules, PlainIndex)
+    rounds = Rounds(counting, cache, rules, PreparedRound)
     rnd = rounds.get(ROUND)
     rounds.prepare(rnd, "s1", "alice", "p.csv")
     rounds.prepare(rnd, "s1", "alice", "p.csv")
@@ -312,7 +312,7 @@ def test_prepare_adds_to_the_index_once(counting, cache, rules, uploaded):
 
 
 def test_prepare_with_values_does_not_read_the_file(counting, cache, rules, model):
-    rounds = Rounds(counting, cache, rules, PlainIndex)
+    rounds = Rounds(counting, cache, rules, PreparedRound)
     rnd = rounds.get(ROUND)
     rounds.prepare(rnd, "s2", "carol", "never-uploaded.csv", values=model(4))
     assert counting.calls["submission"] == 0

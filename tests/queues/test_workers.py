@@ -22,7 +22,7 @@ from queues.recovery import Recovery
 from queues.rounds import Rounds
 from queues.store import DONE, FAILED, PENDING, QUEUED, SCORING, RoundMembers, Store, utcnow
 from scoring import concordance, consistency, originality
-from scoring.originality import PlainIndex
+from scoring.prepared import PreparedRound
 from scoring.submission import SubmissionError, parse_submission
 
 from tests.conftest import ROUND
@@ -434,7 +434,7 @@ def test_stages_after_a_restart_load_what_they_need(submit, store, db, pipeline,
     expire(db, sid)  # the process is gone with its queues; its lease runs out
     fresh_pipeline = Pipeline()
     fresh_store = Store(db, owner=OTHER, lease_seconds=30)
-    fresh_rounds = Rounds(files, str(tmp_path / "cache-2"), rules, PlainIndex)
+    fresh_rounds = Rounds(files, str(tmp_path / "cache-2"), rules, PreparedRound)
     fresh = make_stages(fresh_pipeline, fresh_store, fresh_rounds, rules, metrics, Board(), RoundMembers(fresh_store))
     assert Recovery(fresh_pipeline, fresh_store, interval=60).sweep() == 1
     job = list(fresh_pipeline.queues[DISPATCH].queue)[0]
@@ -607,3 +607,58 @@ def test_a_failure_under_a_lost_lease_is_not_recorded(submit, store, db, pipelin
     assert doc["processing"]["state"] == QUEUED and doc["processing"]["lease"]["owner"] == OTHER
     assert "concordant" not in doc and doc["processing"]["error"] is None
     assert metrics.outcomes.labels("failed")._value.get() == 0
+
+
+class Rejecting:
+    """Wraps an object so that one method raises ``error`` on every call, counting the calls."""
+
+    def __init__(self, inner, method, error):
+        self.inner, self.method, self.error, self.calls = inner, method, error, 0
+
+    def __getattr__(self, name):
+        attribute = getattr(self.inner, name)
+        if name != self.method:
+            return attribute
+
+        def rejected(*args, **kwargs):
+            self.calls += 1
+            raise self.error
+        return rejected
+
+
+MISCONFIGURED = {
+    "credentials": pymongo.errors.OperationFailure("Authentication failed.", code=18),
+    "not-authorised": pymongo.errors.OperationFailure("not authorized on numerai to execute command", code=13),
+}
+
+
+@pytest.mark.parametrize("kind", sorted(MISCONFIGURED))
+def test_a_database_misconfiguration_defers_once_without_failing(submit, store, pipeline, rounds, rules, metrics,
+                                                                model, caplog, kind):
+    sid = submit("alice", model(1))
+    token = accept(store, sid)
+    rejecting = Rejecting(store, "claim", MISCONFIGURED[kind])
+    dispatcher = workers.Dispatcher(pipeline, store=rejecting, rounds=rounds, rules=rules, metrics=metrics)
+    assert dispatcher.run(Job(sid, token=token)) == "deferred"
+    assert rejecting.calls == 1  # not retried in a loop: the recovery sweep comes back later
+    doc = store.get(sid)
+    assert doc["processing"]["state"] == "queued" and doc["processing"]["error"] is None
+    assert metrics.outcomes.labels("failed")._value.get() == 0
+    assert metrics.outcomes.labels("retried")._value.get() == 0
+    line = [record.getMessage() for record in caplog.records if record.levelname == "ERROR"]
+    assert len(line) == 1 and sid in line[0] and "MONGO_" in line[0] and "recovery" in line[0]
+
+
+def test_s3_keys_that_are_refused_do_not_fail_the_submission(submit, store, pipeline, rounds, rules, metrics, model):
+    """A wrong S3 key is the operators' to fix: before, every submission failed as an internal error."""
+    import botocore.exceptions
+    sid = submit("alice", model(1))
+    token = accept(store, sid)
+    denied = botocore.exceptions.ClientError(
+        {"Error": {"Code": "InvalidAccessKeyId", "Message": "x"}, "ResponseMetadata": {"HTTPStatusCode": 403}}, "GetObject")
+    rounds.files = Rejecting(rounds.files, "submission", denied)
+    dispatcher = workers.Dispatcher(pipeline, store=store, rounds=rounds, rules=rules, metrics=metrics)
+    assert dispatcher.run(Job(sid, token=token)) == "deferred"
+    assert rounds.files.calls == 1
+    assert store.get(sid)["processing"]["state"] == "queued"  # recovery dispatches it once the lease runs out
+    assert "error" not in (store.get(sid).get("original") or {})

@@ -103,6 +103,7 @@ def test_ks_statistic_matches_scipy_on_ties():
 
 
 def test_ks_interval_brackets_the_exact_count():
+    """The bounds the check decides KS pairs from, one pair at a time and stacked."""
     rng = np.random.default_rng(2)
     for a, b in tie_heavy_pairs(rng):
         if a.size != b.size:
@@ -113,10 +114,36 @@ def test_ks_interval_brackets_the_exact_count():
             counts_a, counts_b = grid_counts(a_sorted, grid), grid_counts(b_sorted, grid)
             lower, upper = ks_interval(counts_a, counts_b)
             assert lower <= exact <= upper
+            same = ks_interval(counts_b, counts_b)
+            stacked = ks_interval(np.stack([counts_a, counts_b, counts_a]), counts_b)
+            assert stacked[0].tolist() == [lower, same[0], lower] and stacked[1].tolist() == [upper, same[1], upper]
             for cut in range(0, a.size + 2, max(1, a.size // 50)):
                 found = ks_count_from(a_sorted, counts_a, b_sorted, counts_b, cut)
                 assert found <= exact
                 assert found == exact if exact >= cut else found < cut
+
+
+
+def test_checks_decide_ks_pairs_from_ks_interval(monkeypatch):
+    """The check takes its KS bounds from ks_interval: widened to (0, n) they decide
+    nothing, every pair goes to the exact path, and the verdicts stay the plain rule's."""
+    rng = np.random.default_rng(21)
+    n = 600
+    candidate = np.round(rng.beta(2, 2, n), 5)
+    others = {"copy": rng.permutation(candidate), "far": np.round(rng.beta(5, 1, n), 5),
+              "near": np.round(np.clip(candidate + rng.normal(0, 0.002, n), 0, 1), 5)}
+    prepared = PreparedRound()
+    for key, values in others.items():
+        prepared.add(key, values)
+    for keys in (["far"], ["near", "far"], ["copy"]):
+        assert prepared.is_original(candidate, keys) is originality.is_original(candidate, [others[k] for k in keys])
+    decided = prepared.stats["ks_exact"]
+    real = ks_interval
+    monkeypatch.setattr("scoring.prepared.ks_interval",
+                        lambda a, b: (np.zeros_like(real(a, b)[0]), np.full_like(real(a, b)[1], n)))
+    for keys in (["far"], ["near", "far"], ["copy"]):
+        assert prepared.is_original(candidate, keys) is originality.is_original(candidate, [others[k] for k in keys])
+    assert prepared.stats["ks_exact"] > decided
 
 
 @pytest.mark.parametrize("n", [1, 2, 3, 7, 10, 333, 1000, 45000])
@@ -409,10 +436,6 @@ def test_add_replace_remove_and_errors():
         prepared.is_original(a[:-1], ["k"])
     with pytest.raises(ValueError):
         prepared.add("precise", rng.random(300))  # not recoverable and no fetch_exact
-    prepared.remove("k")
-    assert "k" not in prepared and len(prepared) == 0
-    with pytest.raises(KeyError):
-        prepared.remove("k")
 
 
 def test_fetch_exact_returning_other_values_is_refused():
@@ -436,10 +459,11 @@ def test_memory_is_one_float32_copy_plus_sketches():
 
 # -- threads -------------------------------------------------------------------
 
-def test_concurrent_add_replace_remove_and_checks():
+def test_concurrent_add_replace_and_checks():
     """A writer adds, re-adds (moving keys to new slots) and churns keys whose
-    values copy the candidates, while a reader checks; a slot reused under
-    a running check would show up as a duplicate the plain rule does not see."""
+    values copy the candidates, replacing them in turn, while a reader checks;
+    a slot reused under a running check would show up as a duplicate the plain
+    rule does not see."""
     rng = np.random.default_rng(12)
     n = 800
     pool = {"p%d" % i: np.round(rng.beta(2, 2, n) + rng.normal(0, 0.001, n), 5) for i in range(120)}
@@ -465,8 +489,6 @@ def test_concurrent_add_replace_remove_and_checks():
                 churn = "churn%d" % (step % 3)
                 prepared.add(churn, candidates[step % len(candidates)])
                 prepared.add("f%d" % (step % 10), pool["f%d" % (step % 10)].copy())
-                if step % 2:
-                    prepared.remove(churn)
                 step += 1
         except Exception as exc:  # pragma: no cover - reported below
             failures.append(exc)
@@ -491,9 +513,9 @@ def test_concurrent_add_replace_remove_and_checks():
 
 def test_slots_freed_during_a_check_are_not_rewritten_under_it():
     """Deterministic interleaving: the first fetch_exact call, made while a check
-    runs, removes the keys being checked, fills the round with copies of the
-    candidate and adds the keys back. The running check must keep reading the
-    values it started with."""
+    runs, moves the keys being checked to other values (freeing their slots),
+    fills the round with copies of the candidate and adds the keys back. The
+    running check must keep reading the values it started with."""
     rng = np.random.default_rng(13)
     n = 1000
     candidate = distinct_values(rng, n)
@@ -506,7 +528,7 @@ def test_slots_freed_during_a_check_are_not_rewritten_under_it():
         if not interleaved:
             interleaved.append(key)
             for other in keys[1:]:
-                prepared.remove(other)
+                prepared.add(other, np.round(rng.random(n), 5))
             for i in range(2 * SEGMENT_ROWS):
                 prepared.add("churn%d" % i, candidate)
             for other in keys[1:]:

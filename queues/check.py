@@ -1,0 +1,167 @@
+"""Is this configuration ready to take traffic? ``./server check`` and the start-up probe.
+
+``./server check`` is what an operator runs before switching traffic to
+a new deployment: the configuration is valid, MongoDB answers and lets
+the server read and write its collections, and both buckets exist and
+can be listed with the keys given. Each line says ``ok`` or exactly what
+is wrong; the exit status is 0 only when everything is ok.
+
+The same database probe runs when ``./server`` starts: a database that
+rejects the server's credentials or rights will not start accepting
+them later, so the server refuses to start; one that does not answer
+may come back, so the server starts and answers 503 meanwhile.
+"""
+import dataclasses
+import os
+import re
+
+import botocore.exceptions
+import pymongo.errors
+
+from queues import local
+from queues.errors import misconfiguration
+
+#: A filter no document matches (the backend's ids are ObjectIds and ints), so
+#: the probes read and "write" nothing while MongoDB still checks the rights.
+NOTHING = {"_id": "submission-criteria check: matches nothing"}
+READ = ("submissions", "competitions", "users")
+WRITTEN = ("submissions", "competitions")
+
+
+@dataclasses.dataclass
+class Finding:
+    """One line of the report: what was checked, and what is wrong with it (None when ok)."""
+
+    what: str
+    problem: str = None
+    misconfigured: bool = False
+
+    @property
+    def ok(self):
+        return self.problem is None
+
+    def line(self):
+        return "ok    %s" % self.what if self.ok else "FAIL  %s: %s" % (self.what, self.problem)
+
+
+def without_credentials(url):
+    """A MongoDB URL fit to print: no user, no password, no options."""
+    return re.sub(r"//[^@/]*@", "//", url).split("?")[0]
+
+
+def short(exc):
+    """The first, useful part of a driver error: no topology dump."""
+    return str(exc).split(", Timeout:")[0].split(", full error:")[0] or type(exc).__name__
+
+
+def database(db, what):
+    """Ping, read each collection the server reads and update (matching nothing) each it writes."""
+    try:
+        db.command("ping")
+        for name in READ:
+            db[name].find_one(NOTHING)
+        for name in WRITTEN:
+            db[name].update_one(NOTHING, {"$setOnInsert": {"checked": True}})  # a no-op even on a match
+    except pymongo.errors.PyMongoError as exc:
+        reason = misconfiguration(exc)
+        if reason:
+            return Finding(what, reason, misconfigured=True)
+        return Finding(what, "the database does not answer (%s: %s)" % (type(exc).__name__, short(exc)))
+    return Finding(what)
+
+
+def connect_and_probe(connect, url, name):
+    """:func:`database` on a fresh client from ``connect(url)``, closed afterwards."""
+    what = "MongoDB %s, database %s (ping, read, write rights)" % (without_credentials(url), name)
+    try:
+        client = connect(url)
+    except (pymongo.errors.PyMongoError, ValueError) as exc:  # the URL itself cannot be used
+        return Finding(what, misconfiguration(exc) or "MONGO_URL cannot be used: %s" % exc, misconfigured=True)
+    try:
+        return database(client[name], what)
+    except pymongo.errors.InvalidName as exc:
+        return Finding(what, misconfiguration(exc), misconfigured=True)
+    finally:
+        client.close()
+
+
+def bucket(client, name, variable):
+    """List at most one key of the bucket: it exists and the keys may read it."""
+    what = "%s=%s (list)" % (variable, name)
+    try:
+        client.list_objects_v2(Bucket=name, MaxKeys=1)
+    except botocore.exceptions.ClientError as exc:
+        error = exc.response.get("Error", {})
+        return Finding(what, misconfiguration(exc) or "S3 answered %s: %s" % (error.get("Code"), error.get("Message")),
+                       misconfigured=True)
+    except botocore.exceptions.BotoCoreError as exc:
+        return Finding(what, misconfiguration(exc) or "S3 cannot be reached: %s" % exc)
+    return Finding(what)
+
+
+def folder(path):
+    """Local mode's folder exists (or can be made) and can be written."""
+    what = "local folder %s" % path
+    if os.path.exists(path) and not os.path.isdir(path):
+        return Finding(what, "is a file, not a folder", misconfigured=True)
+    try:
+        os.makedirs(path, exist_ok=True)
+    except OSError as exc:
+        return Finding(what, "cannot be created: %s" % exc.strerror, misconfigured=True)
+    if not os.access(path, os.W_OK | os.X_OK):
+        return Finding(what, "cannot be written by this user", misconfigured=True)
+    return Finding(what)
+
+
+def local_database(config):
+    """For local mode: the database URL to probe, or a Finding about the embedded one it would start."""
+    if config.mongo_url:
+        return config.mongo_url
+    if local.answers(local.DEFAULT_LOCAL_URL):
+        return local.DEFAULT_LOCAL_URL
+    what = "embedded database (SecantusDB), started in %s" % os.path.join(config.local_dir, "db")
+    try:
+        with local.claim(config.local_dir):  # free now: a server started next would get it
+            return Finding(what)
+    except local.LocalDatabaseError as exc:
+        return Finding(what, str(exc), misconfigured=True)
+
+
+def run(config, connect, s3_client, local_database=local_database):
+    """Every finding for ``config``.
+
+    ``connect(url)`` makes a MongoClient; ``s3_client()`` an S3 client
+    (production); ``local_database()`` says which database local mode
+    would use: a URL to probe, or a Finding when it would start its own.
+    """
+    findings = [Finding("configuration (%s mode, would listen on %s:%d)"
+                        % ("local" if config.local else "production", config.host, config.port))]
+    if config.local:
+        findings.append(folder(config.local_dir))
+        choice = local_database()
+        if isinstance(choice, Finding):
+            findings.append(choice)
+        else:
+            findings.append(connect_and_probe(connect, choice, config.mongo_db_name))
+        return findings
+    findings.append(connect_and_probe(connect, config.mongo_url, config.mongo_db_name))
+    try:
+        client = s3_client()
+    except (botocore.exceptions.BotoCoreError, ValueError) as exc:
+        findings.append(Finding("S3 client", "cannot be made: %s" % exc, misconfigured=True))
+        return findings
+    findings.append(bucket(client, config.upload_bucket, "S3_UPLOAD_BUCKET"))
+    findings.append(bucket(client, config.dataset_bucket, "S3_DATASET_BUCKET"))
+    return findings
+
+
+def report(findings, out):
+    """Print one line per finding and a verdict; returns the exit status (0: ready)."""
+    for finding in findings:
+        out.write(finding.line() + "\n")
+    problems = [finding for finding in findings if not finding.ok]
+    if problems:
+        out.write("not ready: %d problem%s\n" % (len(problems), "" if len(problems) == 1 else "s"))
+        return 1
+    out.write("ready\n")
+    return 0
