@@ -75,3 +75,10 @@ class PlainIndex:
 
     def is_original(self, candidate, keys, rules=Rules()):
         return is_original(candidate, [self._values[key] for key in keys], rules)
+
+    def explain(self, candidate, keys, rules=Rules(), closest=None, cap=None):
+        """Originality evidence, every pair computed plainly (see :mod:`scoring.evidence`)."""
+        from scoring import evidence  # evidence builds on this module's functions
+        closest = evidence.CLOSEST if closest is None else closest
+        cap = evidence.OFFENDER_CAP if cap is None else cap
+        return evidence.originality_evidence(candidate, [(key, self._values[key]) for key in keys], rules, closest, cap)
