@@ -38,6 +38,7 @@ class Config:
     mongo_timeout_ms: int = 3000
     stop_timeout: float = 15.0
     recovery_interval: float = 30.0
+    server_name: str = ""  # recorded with every verdict; empty: hostname:pid
     rules: Rules = Rules()
 
 
@@ -104,6 +105,7 @@ def from_env(environ=None, use_local=False, local_dir="local"):
         mongo_timeout_ms=_number(environ, "MONGO_TIMEOUT_MS", 3000),
         stop_timeout=_number(environ, "STOP_TIMEOUT", 15.0, float),
         recovery_interval=_number(environ, "RECOVERY_INTERVAL", 30.0, float),
+        server_name=environ.get("SERVER_NAME", ""),
         rules=rules,
         **values,
     )

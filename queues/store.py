@@ -109,9 +109,13 @@ class Store:
             return_document=pymongo.ReturnDocument.AFTER,
         )
 
-    def record_consistency(self, doc, consistency, logloss):
-        """Write consistency, and logloss where the backend gave none."""
-        fields = {"consistency": consistency, "processing.updated_at": utcnow()}
+    def record_consistency(self, doc, consistency, logloss, evidence=None):
+        """Write consistency, and logloss where the backend gave none.
+
+        ``evidence``: more fields to ``$set`` in the same update (evidence and
+        provenance, see queues.provenance), so they never part from the verdict.
+        """
+        fields = {"consistency": consistency, "processing.updated_at": utcnow(), **(evidence or {})}
         if doc.get("validationLogloss") is None:
             fields["validationLogloss"] = logloss
         self.submissions.update_one({"_id": doc["_id"]}, {"$set": fields})
@@ -162,18 +166,20 @@ class Store:
                                     {"$set": {"processing.stage": STAGE_CHECKS, "processing.updated_at": utcnow()}})
 
     # -- checks -------------------------------------------------------------
-    def record_check(self, doc, check, value, error=None):
+    def record_check(self, doc, check, value, error=None, evidence=None):
         """Write one check's verdict to the submission and its leaderboard entry.
 
         ``value`` None with an ``error`` records a check that could not be
-        judged. Then, if no check is pending any more, the submission is done
-        (or failed, when a check failed). Returns True when this call
-        finished the submission.
+        judged. ``evidence``: more fields to ``$set`` on the submission in the
+        verdict's own update (evidence and provenance). Then, if no check is
+        pending any more, the submission is done (or failed, when a check
+        failed). Returns True when this call finished the submission.
         """
         verdict = {"pending": False, "value": value}
         if error is not None:
             verdict["error"] = error
-        self.submissions.update_one({"_id": doc["_id"]}, {"$set": {check: verdict, "processing.updated_at": utcnow()}})
+        self.submissions.update_one({"_id": doc["_id"]},
+                                    {"$set": {check: verdict, "processing.updated_at": utcnow(), **(evidence or {})}})
         if doc.get("competition_id") is not None:
             self.competitions.update_one(
                 {"_id": int(doc["competition_id"]), "leaderboard": {"$elemMatch": {"submission_id": doc["_id"]}}},

@@ -13,7 +13,9 @@ import random
 import time
 
 from queues.errors import PERMANENT, MissingSubmission, is_transient, reason
+from queues.explain import named_originality
 from queues.pipeline import CONCORDANCE, LEADERBOARD, ORIGINALITY, Job
+from queues.provenance import Provenance
 from scoring import concordance, consistency
 
 log = logging.getLogger(__name__)
@@ -49,12 +51,13 @@ class Worker:
 
     stage = None
 
-    def __init__(self, pipeline, store, rounds, rules, metrics):
+    def __init__(self, pipeline, store, rounds, rules, metrics, provenance=None):
         self.pipeline = pipeline
         self.store = store
         self.rounds = rounds
         self.rules = rules
         self.metrics = metrics
+        self.provenance = provenance or Provenance.current()
 
     @property
     def inbox(self):
@@ -140,9 +143,10 @@ class Dispatcher(Worker):
         self.rounds.prepare(rnd, sid, doc["username"], doc["filename"], values)
         tournament = rnd.tournament
         valid = tournament.validation
-        score = consistency.consistency(tournament.eras[valid], tournament.targets[valid], values[valid], self.rules)
+        found = consistency.consistency_evidence(tournament.eras[valid], tournament.targets[valid], values[valid], self.rules)
+        score = found["consistency"]
         loss = consistency.logloss(tournament.targets[valid], values[valid], self.rules.logloss_epsilon)
-        self.store.record_consistency(doc, score, loss)
+        self.store.record_consistency(doc, score, loss, self.provenance.fields("consistency", found, rnd, self.rules))
         reported = doc.get("validationLogloss")
         self.store.update_leaderboard(doc, score, loss if reported is None else reported)
         self.store.enter_checks(doc)
@@ -158,6 +162,7 @@ class CheckWorker(Worker):
     """A stage that writes one check (``concordant`` or ``original``)."""
 
     check = None
+    evidence = None  # the check's name in the document's ``evidence``
 
     def process(self, job):
         doc = self.document(job)
@@ -165,9 +170,10 @@ class CheckWorker(Worker):
             log.info("%s: %s already judged; nothing to do", job.submission_id, self.check)
             return
         rnd = self.rounds.get(doc["competition_id"])
-        verdict = self.judge(job, doc, rnd)
+        verdict, found = self.judge(job, doc, rnd)
         log.info("%s: %s = %s", job.submission_id, self.check, bool(verdict))
-        if self.store.record_check(doc, self.check, bool(verdict)):
+        fields = self.provenance.fields(self.evidence, found, rnd, self.rules)
+        if self.store.record_check(doc, self.check, bool(verdict), evidence=fields):
             self.metrics.outcome("done")
 
     def record_failure(self, job, error):
@@ -182,12 +188,13 @@ class ConcordanceWorker(CheckWorker):
 
     stage = CONCORDANCE
     check = "concordant"
+    evidence = "concordance"
 
     def judge(self, job, doc, rnd):
         groups = self.rounds.groups(rnd)
-        value, concordant = concordance.concordance(groups, self.predictions(job, rnd), self.rules)
-        log.info("%s: concordance %.4f", job.submission_id, value)
-        return concordant
+        found = concordance.concordance_evidence(groups, self.predictions(job, rnd), self.rules)
+        log.info("%s: concordance %.4f", job.submission_id, found["mean"])
+        return found["concordant"], found
 
 
 class OriginalityWorker(CheckWorker):
@@ -195,11 +202,12 @@ class OriginalityWorker(CheckWorker):
 
     stage = ORIGINALITY
     check = "original"
+    evidence = "originality"
 
     def judge(self, job, doc, rnd):
         values = self.predictions(job, rnd)
         others = self.store.latest_others(doc["competition_id"], doc["username"], doc["created"])
-        keys = []
+        keys, left_out = [], []
         for other in others:
             try:
                 self.rounds.prepare(rnd, other["submission_id"], other["username"], other["filename"])
@@ -207,7 +215,9 @@ class OriginalityWorker(CheckWorker):
             except PERMANENT as exc:
                 log.warning("%s: skipping %s's submission %s in originality: %s",
                             job.submission_id, other["username"], other["submission_id"], reason(exc))
-        verdict = rnd.index.is_original(values, keys, self.rules)
+                left_out.append({"submission_id": other["submission_id"], "username": other["username"],
+                                 "reason": reason(exc)})
+        found = rnd.index.explain(values, keys, self.rules)  # its verdict is is_original's, exactly
         self.rounds.prepare(rnd, job.submission_id, doc["username"], doc["filename"], values)
         log.info("%s: compared with %d other submissions", job.submission_id, len(keys))
-        return verdict
+        return found["original"], named_originality(found, others, left_out)

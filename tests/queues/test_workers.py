@@ -6,8 +6,14 @@ import pymongo.errors
 import pytest
 
 from queues import workers
+from queues.explain import named_originality
 from queues.pipeline import CONCORDANCE, LEADERBOARD, ORIGINALITY, Job
-from scoring import concordance, consistency, originality
+import dataclasses
+import os
+import socket
+
+import scoring
+from scoring import concordance, consistency, evidence, originality
 from scoring.submission import parse_submission
 
 from tests.conftest import ROUND
@@ -114,6 +120,8 @@ def test_scoring_twice_leaves_the_same_documents(submit, store, pipeline, stages
 
     def snapshot():
         docs = [{k: v for k, v in store.get(sid).items() if k != "processing"} for sid in ids]
+        for doc in docs:
+            doc["provenance"].pop("judged_at")  # the one thing meant to change
         return docs, store.competitions.find_one({"_id": ROUND})
 
     before = snapshot()
@@ -231,13 +239,15 @@ def test_a_bug_is_recorded_as_an_internal_error_and_the_loop_goes_on(
         submit, store, pipeline, stages, model, monkeypatch):
     calls = []
 
+    real = workers.consistency.consistency_evidence
+
     def explode(*args, **kwargs):
         calls.append(1)
         if len(calls) == 1:
             raise ZeroDivisionError("bug")
-        return 50.0
+        return {**real(*args, **kwargs), "consistency": 50.0}
 
-    monkeypatch.setattr(workers.consistency, "consistency", explode)
+    monkeypatch.setattr(workers.consistency, "consistency_evidence", explode)
     first, second = submit("alice", model(1)), submit("bob", model(2))
     for sid in (first, second):
         store.accept(sid)
@@ -269,7 +279,7 @@ def test_a_bug_is_recorded_as_an_internal_error_and_the_loop_goes_on(
 def test_checks_already_judged_are_not_redone(submit, store, pipeline, stages, model, monkeypatch):
     sid = submit("alice", model(1))
     score(store, pipeline, stages, sid)
-    monkeypatch.setattr(workers.concordance, "concordance", lambda *a, **k: pytest.fail("recomputed"))
+    monkeypatch.setattr(workers.concordance, "concordance_evidence", lambda *a, **k: pytest.fail("recomputed"))
     assert stages[CONCORDANCE].run(Job(sid)) == "ok"
 
 
@@ -301,3 +311,45 @@ def test_originality_reads_no_file_the_dispatcher_already_read(submit, store, pi
     drain(pipeline, stages)
     assert reads == []
     assert all(store.get(sid)["processing"]["state"] == "done" for sid in ids)
+
+
+def test_every_verdict_is_written_with_its_evidence_and_provenance(
+        submit, store, pipeline, stages, rounds, rules, model, round_frames):
+    """The evidence in each document is what the scoring functions give for its
+    predictions, in the same update as the verdict; the provenance says who judged."""
+    first = model(1)
+    broken = submit("mallory", raw=b"id,probability\n")
+    ids = [submit("alice", first), submit("bob", model(2)), submit("carol", np.clip(first + 1e-5, 0, 1))]
+    score(store, pipeline, stages, broken, *ids)
+    rnd = rounds.get(ROUND)
+    t = rnd.tournament
+    valid = t.validation
+    groups = concordance.cluster_groups(rounds._labels(rnd), t.data_types)
+    for sid in ids:
+        doc = store.get(sid)
+        values = rounds.predictions(rnd, doc["username"], doc["filename"])
+        found = doc["evidence"]
+        assert found["consistency"] == consistency.consistency_evidence(t.eras[valid], t.targets[valid], values[valid], rules)
+        assert found["consistency"]["consistency"] == doc["consistency"]
+        assert found["concordance"] == concordance.concordance_evidence(groups, values, rules)
+        assert found["concordance"]["concordant"] is doc["concordant"]["value"]
+        others = store.latest_others(ROUND, doc["username"], doc["created"])
+        readable = [o for o in others if o["username"] != "mallory"]
+        plain = evidence.originality_evidence(
+            values, [(o["submission_id"], rounds.predictions(rnd, o["username"], o["filename"])) for o in readable], rules)
+        left_out = found["originality"]["left_out"]
+        assert [(o["submission_id"], o["username"]) for o in left_out] == [(broken, "mallory")]
+        assert "no predictions" in left_out[0]["reason"]
+        assert found["originality"] == named_originality(plain, readable, left_out)
+        assert found["originality"]["original"] is doc["original"]["value"]
+        provenance = doc["provenance"]
+        assert provenance["scorer_version"].startswith(scoring.__version__)
+        assert provenance["rules"] == dataclasses.asdict(rules)
+        assert provenance["dataset_version"] == rnd.version
+        assert provenance["server"] == "%s:%d" % (socket.gethostname(), os.getpid())
+        assert set(provenance["judged_at"]) == {"consistency", "concordance", "originality"}
+    carol = store.get(ids[2])["evidence"]["originality"]
+    assert carol["original"] is False
+    assert carol["counted_against"][0]["username"] == "alice"
+    assert carol["counted_against"][0]["submission_id"] == ids[0]
+    assert {"duplicate", "too correlated"} & set(carol["counted_against"][0]["clauses"])
