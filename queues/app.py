@@ -14,8 +14,11 @@ from bson import ObjectId
 from flask import Flask, Response, jsonify, request
 from werkzeug.exceptions import HTTPException
 
+from queues import explain
 from queues.intake import Acceptor
 from queues.pipeline import LEADERBOARD, STAGES, Job
+from queues.report import HEADERS as REPORT_HEADERS
+from queues.report import Reports
 
 log = logging.getLogger(__name__)
 
@@ -97,8 +100,12 @@ def summary(doc):
     return body
 
 
-def create_app(store, pipeline, config, supervisor, metrics):
-    """Build the Flask app around the given store, pipeline, config and monitors."""
+def create_app(store, pipeline, config, supervisor, metrics, rounds=None):
+    """Build the Flask app around the given store, pipeline, config and monitors.
+
+    ``rounds`` (queues.rounds.Rounds) lets the report page read predictions
+    for its distribution plot; without it the page leaves that plot out.
+    """
     app = Flask(__name__)
     app.config["MAX_CONTENT_LENGTH"] = MAX_BODY_BYTES
     acceptor = Acceptor(store)
@@ -171,5 +178,41 @@ def create_app(store, pipeline, config, supervisor, metrics):
     def metrics_page():
         text, content_type = metrics.render()
         return Response(text, content_type=content_type)
+
+    # -- why a submission was judged so: /explain (JSON) and /report (a page for people) --
+    reports = Reports(rounds, store)
+
+    def judged_document(submission_id):
+        """The document, after the key (X-API-Key, or the password of HTTP Basic auth: what
+        a browser sends) is checked; never from the URL, where logs and histories keep it."""
+        if any(name.lower() in ("api_key", "apikey", "key") for name in request.args):
+            raise BadRequest(400, "the API key must not be put in a URL; send it as the X-API-Key header "
+                                  "or as the password of HTTP Basic authentication")
+        given = request.headers.get("X-API-Key")
+        if given is None and request.authorization is not None and request.authorization.type == "basic":
+            given = request.authorization.password
+        check_key(given, config.api_key)
+        doc = store.get(check_id(submission_id))
+        if doc is None:
+            raise BadRequest(404, "no submission with id %s" % submission_id)
+        if not explain.judged_at_all(doc):
+            state = (doc.get("processing") or {}).get("state") or "not submitted for judging"
+            raise BadRequest(409, "submission %s has not been judged yet (status: %s); ask again once it is done"
+                             % (submission_id, state))
+        return doc
+
+    @app.get("/submissions/<submission_id>/explain")
+    def explain_submission(submission_id):
+        return jsonify(explain.explanation(judged_document(submission_id), public))
+
+    @app.get("/submissions/<submission_id>/report")
+    def report_page(submission_id):
+        try:
+            doc = judged_document(submission_id)
+            page, status, headers = reports.page(doc, explain.explanation(doc, public)), 200, {}
+        except BadRequest as exc:
+            page, status = reports.error(exc.status, exc.message), exc.status
+            headers = {"WWW-Authenticate": 'Basic realm="submission-criteria"'} if status == 401 else {}
+        return Response(page, status=status, content_type="text/html; charset=utf-8", headers={**REPORT_HEADERS, **headers})
 
     return app
