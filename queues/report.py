@@ -33,6 +33,10 @@ log = logging.getLogger(__name__)
 CDF_POINTS = 600
 #: Submissions drawn against the candidate in the CDF plot.
 CDF_OTHERS = 3
+#: A KS gap this small is invisible at full scale: an inset shows the
+#: exact ECDFs over this many distinct values either side of it.
+ZOOM_BELOW = 0.1
+ZOOM_POINTS = 60
 SVG_SETTINGS = {"svg.fonttype": "none", "font.size": 9, "axes.titlesize": 10}
 TEMPLATES = os.path.join(os.path.dirname(os.path.abspath(__file__)), "templates")
 #: Headers of every page: nothing from elsewhere may load, nothing is cached.
@@ -120,7 +124,25 @@ def cdf_figure(candidate, others):
     axes.grid(alpha=0.3)
     axes.legend(loc="lower right", fontsize=8)
     axes.set_title("Prediction distributions (empirical CDFs); bars mark the KS gap")
+    if gaps and gaps[0][0]["ks"] < ZOOM_BELOW:
+        zoom(axes, mine, *gaps[0])
     return figure
+
+
+def zoom(axes, mine, entry, ordered, gap):
+    """An inset with both exact ECDFs around the first KS gap (upper left, where CDFs are not)."""
+    x, fa, fb = gap
+    values = np.union1d(mine, ordered)
+    at = int(np.searchsorted(values, x))
+    window = values[max(at - ZOOM_POINTS, 0): at + ZOOM_POINTS + 1]
+    inset = axes.inset_axes([0.07, 0.5, 0.36, 0.4])
+    inset.step(window, ecdf(mine, window), where="post", color="black", linewidth=1.2)
+    inset.step(window, ecdf(ordered, window), where="post", color="C0", linewidth=1.0)
+    inset.vlines(x, min(fa, fb), max(fa, fb), color="C0", linewidth=3, alpha=0.8)
+    inset.set_title("zoom on the gap: KS %.4g at x = %.6g" % (entry["ks"], x), fontsize=7)
+    inset.tick_params(labelsize=6)
+    inset.grid(alpha=0.3)
+    axes.indicate_inset_zoom(inset, edgecolor="0.5")
 
 
 def concordance_figure(found):
