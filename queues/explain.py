@@ -41,8 +41,17 @@ def named_originality(found, others, left_out):
 
 # -- numbers -----------------------------------------------------------------------
 def number(value, digits=DIGITS):
-    """A float with ``digits`` significant digits, without trailing zeros."""
-    return "%.*g" % (digits, value)
+    """A float with ``digits`` significant digits, without trailing zeros.
+
+    More digits are used when rounding would make it look whole: a
+    correlation of 0.9999995 printed as "1" would claim an exact copy
+    (float noise of 1e-12 or less still prints as the whole number).
+    """
+    shown = "%.*g" % (digits, value)
+    while float(shown).is_integer() and abs(float(shown) - value) > 1e-12 * max(1.0, abs(value)) and digits < 17:
+        digits += 1
+        shown = "%.*g" % (digits, value)
+    return shown
 
 
 def against(value, threshold):

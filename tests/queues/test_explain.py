@@ -88,6 +88,10 @@ def test_numbers_get_digits_near_a_threshold():
     assert explain.against(0.12000000000000001, 0.12) == ("0.12000000000000001", "0.12")
     assert explain.relation(0.03, 0.03, strict_below=False) == "0.03 <= 0.03"
     assert explain.relation(0.005, 0.005, strict_below=True) == "0.005 >= 0.005"
+    assert explain.number(0.9999994735376581) == "0.999999"  # not "1": that would claim an exact copy
+    assert explain.number(1.0) == "1" and explain.number(0.0) == "0" and explain.number(-0.99999999) == "-0.99999999"
+    assert explain.number(1.0000000000000002) == "1"  # float noise of an exact affine copy
+    assert explain.number(0.00049999) == "0.0005"  # not whole: 4 digits are honest enough
 
 
 def concordance_doc(rules=Rules()):
