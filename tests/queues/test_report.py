@@ -204,3 +204,12 @@ def test_cdf_svg_is_compact_and_ids_differ_between_plots():
 def test_reports_without_store_or_rounds_render_errors():
     page = Reports(None, None).error(404, "no submission with id <b>")
     assert "no submission with id &lt;b&gt;" in page
+
+
+@pytest.mark.parametrize("authorization", ["Basic", "Basic !!!not-base64!!!", "Basic " + base64.b64encode(b"no-colon").decode(),
+                                           "Basic " + base64.b64encode(b"user:\xff\xfe").decode(), "Digest username=x",
+                                           "Basic " + base64.b64encode(b":" + API_KEY.encode() + b"x").decode()])
+def test_malformed_or_wrong_authorization_is_a_401_not_an_error(reporting, judged, authorization):
+    for route in ("report", "explain"):
+        response = reporting.get("/submissions/%s/%s" % (judged["alice"], route), headers={"Authorization": authorization})
+        assert response.status_code == 401, (route, authorization)
