@@ -9,7 +9,7 @@ or a document judged before evidence was recorded, is described as such.
 from scoring.evidence import CORRELATED, DUPLICATE, OFFENDER_CAP, SIMILAR
 
 CHECKS = ("consistency", "concordance", "originality")
-#: Verdict field of each check in the submission document.
+#: Verdict field of each check in the submission document; its evidence holds the same verdict under the same key.
 VERDICT_FIELD = {"consistency": "consistency", "concordance": "concordant", "originality": "original"}
 #: Significant digits shown by default; more are used near a threshold.
 DIGITS = 4
@@ -89,6 +89,7 @@ def whose(entry):
 
 
 def plural(count, word):
+    """``1 submission``, ``2 submissions``."""
     return "%d %s%s" % (count, word, "" if count == 1 else "s")
 
 
@@ -112,12 +113,12 @@ def current_evidence(doc, check):
     found = ((doc.get("evidence") or {}).get(check))
     if state != "judged" or not isinstance(found, dict):
         return None
-    key = {"consistency": "consistency", "concordance": "concordant", "originality": "original"}[check]
-    return found if found.get(key) == value else None
+    return found if found.get(VERDICT_FIELD[check]) == value else None
 
 
 # -- sentences -----------------------------------------------------------------------
 def consistency_sentence(value, found):
+    """How many eras beat the benchmark; ``found`` None for documents judged before evidence."""
     if found is None:
         return "consistency %s%% (judged before evidence was recorded)" % number(value)
     return "consistency %s%%: %d of %d validation eras beat the benchmark %s (logloss below it)" % (
@@ -125,6 +126,7 @@ def consistency_sentence(value, found):
 
 
 def concordance_sentence(value, found):
+    """The mean against the threshold, and the worst cluster when it failed."""
     if found is None:
         return "%s (judged before evidence was recorded)" % ("concordant" if value else "not concordant")
     text = "%s: mean per-cluster KS %s" % ("concordant" if value else "not concordant",
@@ -153,6 +155,7 @@ def offender_reason(entry, thresholds):
 
 
 def originality_sentence(value, found):
+    """The submission that decided it, or when original the closest ones, with their numbers."""
     if found is None:
         return "%s (judged before evidence was recorded)" % ("original" if value else "not original")
     thresholds = found["thresholds"]

@@ -741,7 +741,10 @@ class _Explanation(_Check):
             self.r[positions], self.margin[positions], self.applies[positions] = r, margin, applies
         gather, index = self._rows_view(rows)
         counts = segment.counts if gather is None else segment.counts[gather]
-        lower = np.abs(counts.astype(np.int32) - self.cand.counts[1:-1].astype(np.int32)).max(axis=1)[index]
+        mine = self.cand.counts[1:-1].astype(counts.dtype)  # |a - b| = max - min: exact in the narrow type
+        spread = np.maximum(counts, mine)
+        spread -= np.minimum(counts, mine)
+        lower = spread.max(axis=1)[index]
         self.lower[positions] = lower
         near = lower < max(self.dup_cut, self.similar_cut)
         if np.any(near):
@@ -755,6 +758,7 @@ class _Explanation(_Check):
         return np.concatenate([0 * edge, inner, self.snap.n * edge], axis=1)
 
     def _counts(self, position):
+        """Extended grid counts of one other submission of the snapshot."""
         slot = self.snap.slots[position]
         return self._extended(self.snap.segments[slot // SEGMENT_ROWS].counts[slot % SEGMENT_ROWS])[0]
 
