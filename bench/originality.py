@@ -17,7 +17,10 @@ differs aborts the run.
 
 Two timings per candidate: against the whole round (``all_keys_*``: a
 copy stops early), and against the round minus the pairs that make it
-not original (``median_ms``). The latter is a full pass over about K
+not original (``median_ms``). ``explain_*`` times
+:meth:`~scoring.prepared.PreparedRound.explain` (the evidence stored with
+each verdict) on the same two key sets; its verdict and offender count
+are verified too. The latter is a full pass over about K
 realistic pairs for every candidate, which is what an original
 submission costs and what the baseline's per-pair time is scaled to.
 """
@@ -110,6 +113,16 @@ def timed_checks(prepared, candidate, keys, rules, repeat):
     return verdict, median(times), {name: after[name] - before[name] for name in after}
 
 
+def timed_explains(prepared, candidate, keys, rules, repeat):
+    """(evidence, median ms, exact statistics computed in the first explain)."""
+    before = prepared.stats
+    found, first = clock_ms(prepared.explain, candidate, keys, rules)
+    after = prepared.stats
+    times = [first] + [clock_ms(prepared.explain, candidate, keys, rules)[1] for _ in range(repeat - 1)]
+    exact = sum(after[name] - before[name] for name in ("ks_exact", "correlation_exact"))
+    return found, median(times), exact, after["fetched"] - before["fetched"]
+
+
 def judge_candidates(store, prepared, candidates, rules, repeat):
     """Time every candidate on all keys and on the keys it does not offend; verify both.
 
@@ -125,12 +138,22 @@ def judge_candidates(store, prepared, candidates, rules, repeat):
             verdict, all_ms, counters = timed_checks(prepared, candidate, keys, rules, repeat)
             full_verdict, full_ms, full_counters = timed_checks(prepared, candidate, clean, rules, repeat)
             counters = {name: counters[name] + full_counters[name] for name in counters}
+            found, explain_ms, explain_exact, explain_fetched = timed_explains(prepared, candidate, keys, rules, repeat)
+            clean_found, clean_explain_ms, clean_exact, clean_fetched = timed_explains(prepared, candidate, clean, rules, repeat)
             for got, expected, which in ((verdict, not bad, "all %d keys" % len(keys)),
-                                         (full_verdict, True, "%d keys it does not offend" % len(clean))):
+                                         (full_verdict, True, "%d keys it does not offend" % len(clean)),
+                                         (found["original"], not bad, "all %d keys (explain)" % len(keys)),
+                                         (clean_found["original"], True, "%d keys it does not offend (explain)" % len(clean))):
                 if got != expected:
                     raise BenchmarkError("candidate %s against %s: fast path says %s, plain rule says %s"
                                          % (name, which, got, expected))
-            rows.append({"verdict": verdict, "all_ms": all_ms, "full_ms": full_ms, "removed": len(bad), **counters})
+            if found["counted_against_total"] != len(bad):
+                raise BenchmarkError("candidate %s: explain counts %d offenders, the plain clauses %d"
+                                     % (name, found["counted_against_total"], len(bad)))
+            rows.append({"verdict": verdict, "all_ms": all_ms, "full_ms": full_ms, "removed": len(bad),
+                         "explain_all_ms": explain_ms, "explain_ms": clean_explain_ms,
+                         "explain_exact": explain_exact + clean_exact, "explain_fetched": explain_fetched + clean_fetched,
+                         **counters})
     return rows
 
 
@@ -178,6 +201,11 @@ def measure(args):
         "ks_exact": sum(row["ks_exact"] for row in rows),
         "fetched": sum(row["fetched"] for row in rows),
         "exact_share": "%.5f" % (exact / max(pairs, 1)),
+        "explain_median_ms": round(median([row["explain_ms"] for row in rows]), 3),
+        "explain_all_keys_median_ms": round(median([row["explain_all_ms"] for row in rows]), 3),
+        "explain_max_ms": round(max(row["explain_ms"] for row in rows), 3),
+        "explain_exact_pairs": sum(row["explain_exact"] for row in rows),
+        "explain_fetched": sum(row["explain_fetched"] for row in rows),
         "verified": "%d/%d" % (len(rows), len(rows)),
         "baseline_pairs": min(args.baseline_pairs, args.others),
         "blas_threads": 1,

@@ -18,9 +18,12 @@ from bson import ObjectId
 from flask import Flask, Response, jsonify, request
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
+from queues import explain
 from queues.errors import misconfiguration
 from queues.intake import Acceptor
 from queues.pipeline import DISPATCH, STAGES, Job
+from queues.report import HEADERS as REPORT_HEADERS
+from queues.report import Reports
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +42,7 @@ FORM_TYPES = ("application/x-www-form-urlencoded", "multipart/form-data")
 #: Where each endpoint takes the key from, for the 401 that says it is missing.
 KEY_IN_BODY = "send it as api_key in the body, or in the X-API-Key header"
 KEY_IN_HEADER = "send it in the X-API-Key header"
+KEY_IN_HEADER_OR_BASIC = "send it in the X-API-Key header, or as the password of HTTP Basic authentication"
 #: What each endpoint can answer: its request counters are exported at 0 from the start.
 ANSWERS = {
     "/": (202, 400, 401, 404, 405, 413, 500, 503),
@@ -252,8 +256,12 @@ def summary(doc):
     return body
 
 
-def create_app(store, pipeline, config, supervisor, metrics):
-    """Build the Flask app around the given store, pipeline, config and monitors."""
+def create_app(store, pipeline, config, supervisor, metrics, rounds=None):
+    """Build the Flask app around the given store, pipeline, config and monitors.
+
+    ``rounds`` (queues.rounds.Rounds) lets the report page read predictions
+    for its distribution plot; without it the page leaves that plot out.
+    """
     app = Flask(__name__)
     app.config["MAX_CONTENT_LENGTH"] = MAX_BODY_BYTES
     acceptor = Acceptor(store)
@@ -344,5 +352,41 @@ def create_app(store, pipeline, config, supervisor, metrics):
     def metrics_page():
         text, content_type = metrics.render()
         return Response(text, content_type=content_type)
+
+    # -- why a submission was judged so: /explain (JSON) and /report (a page for people) --
+    reports = Reports(rounds, store)
+
+    def judged_document(submission_id):
+        """The document, after the key (X-API-Key, or the password of HTTP Basic auth: what
+        a browser sends) is checked; never from the URL, where logs and histories keep it."""
+        if any(name.lower() in ("api_key", "apikey", "key") for name in request.args):
+            raise Refused(400, "the API key must not be put in a URL; send it as the X-API-Key header "
+                                  "or as the password of HTTP Basic authentication")
+        given = request.headers.get("X-API-Key")
+        if given is None and request.authorization is not None and request.authorization.type == "basic":
+            given = request.authorization.password
+        check_key(given, config.api_key, KEY_IN_HEADER_OR_BASIC, config.local)
+        doc = store.get(check_id(submission_id))
+        if doc is None:
+            raise Refused(404, "no submission with id %s" % submission_id)
+        if not explain.judged_at_all(doc):
+            state = (doc.get("processing") or {}).get("state") or "not submitted for judging"
+            raise Refused(409, "submission %s has not been judged yet (status: %s); ask again once it is done"
+                             % (submission_id, state))
+        return doc
+
+    @app.get("/submissions/<submission_id>/explain")
+    def explain_submission(submission_id):
+        return jsonify(explain.explanation(judged_document(submission_id), public))
+
+    @app.get("/submissions/<submission_id>/report")
+    def report_page(submission_id):
+        try:
+            doc = judged_document(submission_id)
+            page, status, headers = reports.page(doc, explain.explanation(doc, public)), 200, {}
+        except Refused as exc:
+            page, status = reports.error(exc.status, exc.message), exc.status
+            headers = {"WWW-Authenticate": 'Basic realm="submission-criteria"'} if status == 401 else {}
+        return Response(page, status=status, content_type="text/html; charset=utf-8", headers={**REPORT_HEADERS, **headers})
 
     return app

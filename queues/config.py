@@ -39,6 +39,7 @@ class Config:
     stop_timeout: float = 15.0
     recovery_interval: float = 10.0
     lease_seconds: float = 30.0
+    server_name: str = ""  # recorded with every verdict; empty: hostname:pid
     rules: Rules = Rules()
 
 
@@ -119,6 +120,7 @@ def from_env(environ=None, use_local=False, local_dir="local"):
         stop_timeout=_number(environ, "STOP_TIMEOUT", 15.0, float),
         recovery_interval=_number(environ, "RECOVERY_INTERVAL", 10.0, float),
         lease_seconds=_number(environ, "LEASE_SECONDS", 30.0, float),
+        server_name=environ.get("SERVER_NAME", ""),
         rules=rules,
         **values,
     )

@@ -26,15 +26,17 @@ class Verdicts:
     def __init__(self, needed):
         self.needed = set(needed)
         self.values = {}
+        self.evidence = {}  # the fields each check's evidence adds to the final write
         self.closed = False
         self._lock = threading.Lock()
 
-    def add(self, check, value):
-        """Record one verdict; returns every verdict when this one completed the set, else None."""
+    def add(self, check, value, evidence=None):
+        """Record one verdict (and its evidence); returns every verdict when this one completed the set."""
         with self._lock:
             if self.closed:
                 return None
             self.values[check] = value
+            self.evidence.update(evidence or {})
             if self.needed <= self.values.keys():
                 self.closed = True
                 return dict(self.values)

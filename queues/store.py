@@ -249,13 +249,17 @@ class Store:
             return
         raise LeaseLost("%s: the lease was taken over; this worker's result is dropped" % claim.submission_id)
 
-    def dispatched(self, claim, consistency, logloss):
-        """QUEUED -> SCORING: consistency, logloss where the backend gave none, both checks pending."""
+    def dispatched(self, claim, consistency, logloss, evidence=None):
+        """QUEUED -> SCORING: consistency, logloss where the backend gave none, both checks pending.
+
+        ``evidence`` holds further fields of the same step (its evidence and provenance).
+        """
         now = utcnow()
-        fields = {"consistency": consistency, "concordant": PENDING, "original": PENDING,
-                  "processing.state": SCORING, "processing.dispatched": True, "processing.dispatched_at": now,
-                  "processing.updated_at": now, "processing.board": ObjectId(),
-                  "processing.lease.expires": now + datetime.timedelta(seconds=self.lease_seconds)}
+        fields = dict(evidence or {})
+        fields.update({"consistency": consistency, "concordant": PENDING, "original": PENDING,
+                       "processing.state": SCORING, "processing.dispatched": True, "processing.dispatched_at": now,
+                       "processing.updated_at": now, "processing.board": ObjectId(),
+                       "processing.lease.expires": now + datetime.timedelta(seconds=self.lease_seconds)})
         if claim.doc.get("validationLogloss") is None:
             fields["validationLogloss"] = logloss
         self._write(claim, fields)
@@ -264,18 +268,19 @@ class Store:
         claim.doc["processing"].update(state=SCORING, dispatched=True)
         claim.pending = set(CHECKS)
 
-    def judged(self, claim, verdicts):
+    def judged(self, claim, verdicts, evidence=None):
         """SCORING -> DONE: every check still pending under the claim gets its verdict at once."""
         missing = claim.pending - set(verdicts)
         if missing:
             raise ValueError("judged() needs a verdict for %s" % ", ".join(sorted(missing)))
         now = utcnow()
-        fields = {check: verdict(value) for check, value in verdicts.items()}
+        fields = dict(evidence or {})
+        fields.update({check: verdict(value) for check, value in verdicts.items()})
         fields.update({"processing.state": DONE, "processing.finished_at": now, "processing.updated_at": now,
                        "processing.board": ObjectId(), "processing.settled_by": claim.token})
         self._write(claim, fields, unset=["processing.lease"])
 
-    def failed(self, claim, reason, verdicts=None):
+    def failed(self, claim, reason, verdicts=None, evidence=None):
         """QUEUED or SCORING -> FAILED with ``reason``; no check is left pending.
 
         Verdicts reached under the claim are kept; every other pending
@@ -285,8 +290,9 @@ class Store:
         """
         now = utcnow()
         verdicts = verdicts or {}
-        fields = {"processing.state": FAILED, "processing.error": reason, "processing.finished_at": now,
-                  "processing.updated_at": now, "processing.board": ObjectId(), "processing.settled_by": claim.token}
+        fields = dict(evidence or {})
+        fields.update({"processing.state": FAILED, "processing.error": reason, "processing.finished_at": now,
+                  "processing.updated_at": now, "processing.board": ObjectId(), "processing.settled_by": claim.token})
         for check in CHECKS:
             if check in verdicts:
                 fields[check] = verdict(verdicts[check])

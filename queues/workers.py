@@ -16,7 +16,9 @@ import random
 import time
 
 from queues.errors import PERMANENT, MissingSubmission, is_misconfiguration, is_transient, misconfiguration, reason
+from queues.explain import named_originality
 from queues.pipeline import CONCORDANCE, DISPATCH, ORIGINALITY, Job, Verdicts
+from queues.provenance import Provenance
 from queues.store import LeaseLost
 from scoring import concordance, consistency
 
@@ -52,12 +54,13 @@ class Worker:
     """The shared loop; subclasses say what a stage does with one job.
 
     ``board`` is told which leaderboard entries a transition changed;
-    ``members`` answers originality's "who else submitted" from memory.
+    ``members`` answers originality's "who else submitted" from memory;
+    ``provenance`` stamps each step's evidence with who judged it and how.
     """
 
     stage = None
 
-    def __init__(self, pipeline, store, rounds, rules, metrics, board=None, members=None):
+    def __init__(self, pipeline, store, rounds, rules, metrics, board=None, members=None, provenance=None):
         self.pipeline = pipeline
         self.store = store
         self.rounds = rounds
@@ -65,6 +68,7 @@ class Worker:
         self.metrics = metrics
         self.board = board
         self.members = members
+        self.provenance = provenance or Provenance.current()
 
     @property
     def inbox(self):
@@ -135,8 +139,9 @@ class Worker:
         verdicts = job.verdicts.close() if job.verdicts is not None else {}
         if verdicts is None:  # the other check already ended this claim
             return "skipped"
+        evidence = job.verdicts.evidence if job.verdicts is not None else None
         try:
-            self.store.failed(job.claim, error, verdicts)
+            self.store.failed(job.claim, error, verdicts, evidence)
         except LeaseLost:
             log.warning("%s: lost the lease before recording the failure; the new owner judges it", job.submission_id)
             return "lost"
@@ -196,9 +201,11 @@ class Dispatcher(Worker):
         self.rounds.prepare(rnd, job.submission_id, doc["username"], doc["filename"], values)
         tournament = rnd.tournament
         valid = tournament.validation
-        score = consistency.consistency(tournament.eras[valid], tournament.targets[valid], values[valid], self.rules)
+        found = consistency.consistency_evidence(tournament.eras[valid], tournament.targets[valid], values[valid],
+                                                 self.rules)
+        score = found["consistency"]
         loss = consistency.logloss(tournament.targets[valid], values[valid], self.rules.logloss_epsilon)
-        self.store.dispatched(claim, score, loss)
+        self.store.dispatched(claim, score, loss, self.provenance.fields("consistency", found, rnd, self.rules))
         self.touch_board(claim)
         log.info("%s: consistency %.1f%%, validation logloss %.5f", job.submission_id, score, loss)
 
@@ -211,17 +218,19 @@ class CheckWorker(Worker):
     """
 
     check = None
+    evidence = None  # the check's name in the document's ``evidence``
 
     def process(self, job):
         claim = job.claim
         if job.complete is None:
             rnd = self.rounds.get(claim.doc["competition_id"])
-            value = bool(self.judge(job, claim.doc, rnd))
-            log.info("%s: %s = %s", job.submission_id, self.check, value)
-            job.complete = job.verdicts.add(self.check, value)
+            value, found = self.judge(job, claim.doc, rnd)
+            log.info("%s: %s = %s", job.submission_id, self.check, bool(value))
+            fields = self.provenance.fields(self.evidence, found, rnd, self.rules)
+            job.complete = job.verdicts.add(self.check, bool(value), fields)
             if job.complete is None:
                 return "ok"
-        self.store.judged(claim, job.complete)
+        self.store.judged(claim, job.complete, job.verdicts.evidence)
         self.metrics.outcome("done")
         self.touch_board(claim)
         return "ok"
@@ -232,12 +241,13 @@ class ConcordanceWorker(CheckWorker):
 
     stage = CONCORDANCE
     check = "concordant"
+    evidence = "concordance"
 
     def judge(self, job, doc, rnd):
         groups = self.rounds.groups(rnd)
-        value, concordant = concordance.concordance(groups, self.predictions(job, rnd), self.rules)
-        log.info("%s: concordance %.4f", job.submission_id, value)
-        return concordant
+        found = concordance.concordance_evidence(groups, self.predictions(job, rnd), self.rules)
+        log.info("%s: concordance %.4f", job.submission_id, found["mean"])
+        return found["concordant"], found
 
 
 class OriginalityWorker(CheckWorker):
@@ -245,11 +255,12 @@ class OriginalityWorker(CheckWorker):
 
     stage = ORIGINALITY
     check = "original"
+    evidence = "originality"
 
     def judge(self, job, doc, rnd):
         values = self.predictions(job, rnd)
         others = self.members.latest_others(doc["competition_id"], doc["username"], doc["created"])
-        keys = []
+        keys, left_out = [], []
         for other in others:
             try:
                 self.rounds.prepare(rnd, other["submission_id"], other["username"], other["filename"])
@@ -257,7 +268,9 @@ class OriginalityWorker(CheckWorker):
             except PERMANENT as exc:
                 log.warning("%s: skipping %s's submission %s in originality: %s",
                             job.submission_id, other["username"], other["submission_id"], reason(exc))
-        verdict = rnd.index.is_original(values, keys, self.rules)
+                left_out.append({"submission_id": other["submission_id"], "username": other["username"],
+                                 "reason": reason(exc)})
+        found = rnd.index.explain(values, keys, self.rules)  # its verdict is is_original's, exactly
         self.rounds.prepare(rnd, job.submission_id, doc["username"], doc["filename"], values)
         log.info("%s: compared with %d other submissions", job.submission_id, len(keys))
-        return verdict
+        return found["original"], named_originality(found, others, left_out)

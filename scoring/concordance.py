@@ -50,27 +50,50 @@ def cluster_groups(labels, data_types):
     }
 
 
-def cluster_scores(groups, predictions):
-    """Worst KS statistic of each cluster, skipping comparisons with an empty side."""
-    scores = []
-    for by_type in groups.values():
-        parts = {t: np.sort(predictions[idx]) for t, idx in by_type.items() if len(idx)}
-        stats = [ks_statistic(parts[a], parts[b]) for a, b in PAIRS if a in parts and b in parts]
-        if stats:
-            scores.append(max(stats))
-    return scores
+def pair_name(pair):
+    """How a comparison is named in the evidence, e.g. ``validation-test``."""
+    return "%s-%s" % pair
+
+
+def cluster_evidence(cluster, by_type, predictions):
+    """One cluster's rows per data type, KS of each comparison and the worst of them.
+
+    A comparison with an empty side is skipped (KS None); ``max`` is None
+    when the cluster has nothing to compare.
+    """
+    parts = {t: np.sort(predictions[idx]) for t, idx in by_type.items() if len(idx)}
+    ks = {pair_name((a, b)): ks_statistic(parts[a], parts[b]) if a in parts and b in parts else None
+          for a, b in PAIRS}
+    stats = [value for value in ks.values() if value is not None]
+    return {"cluster": int(cluster), "sizes": {t: int(len(idx)) for t, idx in by_type.items()},
+            "ks": ks, "max": max(stats) if stats else None}
+
+
+def concordance_evidence(groups, predictions, rules=Rules()):
+    """Everything the concordance verdict rests on, as a JSON-able dict.
+
+    Per cluster: rows per data type, the KS of each comparison and their
+    maximum; then the mean of the maxima, the threshold and the verdict.
+    :func:`concordance` decides from this very dict. Raises DatasetError
+    when no cluster holds two data types to compare: the round's data
+    cannot support the check, whatever the submission, so the service
+    records that reason instead of an internal error.
+    """
+    predictions = np.asarray(predictions, dtype=np.float64)
+    clusters = [cluster_evidence(c, by_type, predictions) for c, by_type in groups.items()]
+    scores = [entry["max"] for entry in clusters if entry["max"] is not None]
+    if not scores:
+        raise DatasetError("the round's data cannot support concordance: "
+                           "no cluster has rows of two data types (validation, test, live) to compare")
+    value = float(np.mean(scores))
+    return {"concordant": bool(value < rules.concordance_threshold), "mean": value,
+            "threshold": rules.concordance_threshold, "clusters": clusters}
 
 
 def concordance(groups, predictions, rules=Rules()):
     """Return ``(mean worst KS, concordant)`` for predictions in round row order.
 
-    Raises DatasetError when no cluster holds two data types to compare:
-    the round's data cannot support the check, whatever the submission,
-    so the service records that reason instead of an internal error.
+    Raises DatasetError when no cluster holds two data types to compare.
     """
-    scores = cluster_scores(groups, np.asarray(predictions, dtype=np.float64))
-    if not scores:
-        raise DatasetError("the round's data cannot support concordance: "
-                           "no cluster has rows of two data types (validation, test, live) to compare")
-    value = float(np.mean(scores))
-    return value, value < rules.concordance_threshold
+    evidence = concordance_evidence(groups, predictions, rules)
+    return evidence["mean"], evidence["concordant"]

@@ -34,16 +34,34 @@ def below(losses, benchmark):
     return math.fsum(terms.tolist()) < 0
 
 
-def consistency(eras, targets, probabilities, rules=Rules()):
-    """Percent of eras whose logloss is below the random benchmark.
+def consistency_evidence(eras, targets, probabilities, rules=Rules()):
+    """Logloss of every validation era against the benchmark, and the consistency.
 
-    ``eras``, ``targets`` and ``probabilities`` are aligned validation
-    rows. Returns a float in [0, 100].
+    Each era's ``beats`` is :func:`below`'s exact decision; its ``logloss``
+    is the mean shown to people (it can print equal to the benchmark when
+    the exact test says it is just below). :func:`consistency` returns this
+    dict's ``consistency``. ``eras``, ``targets`` and ``probabilities`` are
+    aligned validation rows.
     """
     eras = np.asarray(eras)
     losses = row_losses(targets, probabilities, rules.logloss_epsilon)
     names = np.unique(eras)
     if not len(names):
         raise ValueError("no validation eras to judge consistency on")
-    better = sum(1 for era in names if below(losses[eras == era], rules.consistency_benchmark))
-    return better / len(names) * 100
+    per_era = []
+    for era in names:
+        mine = losses[eras == era]
+        per_era.append({"era": str(era), "rows": int(mine.size), "logloss": float(np.mean(mine)),
+                        "beats": bool(below(mine, rules.consistency_benchmark))})
+    better = sum(1 for entry in per_era if entry["beats"])
+    return {"consistency": better / len(names) * 100, "better": better, "eras": len(names),
+            "benchmark": rules.consistency_benchmark, "per_era": per_era}
+
+
+def consistency(eras, targets, probabilities, rules=Rules()):
+    """Percent of eras whose logloss is below the random benchmark.
+
+    ``eras``, ``targets`` and ``probabilities`` are aligned validation
+    rows. Returns a float in [0, 100].
+    """
+    return consistency_evidence(eras, targets, probabilities, rules)["consistency"]

@@ -36,7 +36,8 @@ import threading
 
 import numpy as np
 
-from scoring.originality import is_constant, too_correlated
+from scoring.evidence import CLOSEST, OFFENDER_CAP, originality_evidence, originality_record, ranked_correlation
+from scoring.originality import is_constant, pearson, too_correlated
 from scoring.rules import Rules
 
 log = logging.getLogger(__name__)
@@ -470,6 +471,26 @@ class PreparedRound:
         finally:
             self._release(counters)
 
+    def explain(self, candidate, other_keys, rules=Rules(), closest=CLOSEST, cap=OFFENDER_CAP):
+        """Exactly ``scoring.evidence.originality_evidence(candidate, others, rules, closest, cap)``.
+
+        Its ``original`` is :meth:`is_original`'s verdict. Every pair is
+        classified (correlated, duplicate, similar) from the bounds, exact
+        values settling only the pairs a bound leaves open; exact statistics
+        are computed only for the pairs listed (at most ``cap`` offenders and
+        the pairs that can be among the ``closest`` nearest, chosen by bounds).
+        """
+        other_keys = list(other_keys)
+        if not other_keys:
+            return originality_evidence(candidate, [], rules, closest, cap)
+        snapshot = self._snapshot(other_keys)
+        counters = dict.fromkeys(("pairs", "correlation_exact", "ks_exact", "fetched"), 0)
+        try:
+            candidate = self._validated(candidate)
+            return _Explanation(self, snapshot, candidate, rules, counters).run(closest, cap)
+        finally:
+            self._release(counters)
+
     def _snapshot(self, other_keys):
         with self._lock:
             slots = np.fromiter((self._slot_of[key] for key in other_keys), dtype=np.intp, count=len(other_keys))
@@ -559,11 +580,10 @@ class _Check:
             return None, rows
         return np.unique(rows, return_inverse=True)
 
-    def _correlation(self, positions, rows, segment):
-        """False if a pair is certainly too correlated, else positions still undecided."""
+    def _correlation_bounds(self, positions, rows, segment):
+        """``(|r|, margin, applies)`` per position: the plain ``|pearson|`` lies within
+        ``|r| +- margin`` wherever ``applies`` (neither vector constant)."""
         cand = self.cand
-        if cand.constant:
-            return positions[:0]
         meta = self.snap.meta
         slots = self.snap.slots[positions]
         gather, index = self._rows_view(rows)
@@ -574,7 +594,13 @@ class _Check:
         margin = pair_margins(self.snap.n, self.snap.blocks, cand.bounds,
                               meta["angle"][slots], meta["scale"][slots], meta["floor"][slots])
         applies = ~meta["constant"][slots]
-        r = np.where(np.isfinite(margin), r, 0.0)
+        return np.where(np.isfinite(margin), r, 0.0), margin, applies
+
+    def _correlation(self, positions, rows, segment):
+        """False if a pair is certainly too correlated, else positions still undecided."""
+        if self.cand.constant:
+            return positions[:0]
+        r, margin, applies = self._correlation_bounds(positions, rows, segment)
         limit = self.rules.correlation_limit
         if np.any(applies & (r - margin > limit)):
             return False
@@ -662,3 +688,155 @@ class _Check:
         return self.exact_cache[slot]
 
 
+
+
+class _Explanation(_Check):
+    """Originality evidence for one candidate: every pair classified, few computed exactly.
+
+    ``run`` takes the same bounds as :class:`_Check` for every pair (no
+    early stop: the evidence counts all offenders), settles the pairs the
+    bounds leave open with exact values, and computes exact statistics for
+    the pairs it lists. For the ``closest`` nearest pairs it makes pairs
+    exact in the order of their bounds and stops as soon as no bound can
+    beat the ``closest``-th best exact value, so few pairs are ever exact.
+    """
+
+    def run(self, closest, cap):
+        size = len(self.snap.keys)
+        self.r = np.zeros(size)
+        self.margin = np.full(size, np.inf)
+        self.applies = np.zeros(size, dtype=bool)
+        self.lower = np.zeros(size, dtype=np.int64)
+        self.upper = np.full(size, -1, dtype=np.int64)  # -1: not computed
+        self.counts_k = {}                              # position -> exact KS count
+        self.r_exact = {}                               # position -> exact correlation or None
+        for positions, rows, segment in self._by_segment():
+            self.counters["pairs"] += positions.size
+            self._bounds(positions, rows, segment)
+        correlated, duplicate, similar = self._classify()
+        decisive = np.flatnonzero(correlated | duplicate)
+        similar_only = np.flatnonzero(similar & ~correlated & ~duplicate)
+        listed = list(decisive[:cap]) + list(similar_only[:max(cap - decisive.size, 0)])
+        exact = {int(p): self._pair(int(p)) for p in listed}
+        closest_ks = self._closest_ks(closest)
+        closest_r = self._closest_correlation(closest)
+        for p in closest_ks + closest_r:
+            exact[p] = self._pair(p)
+        return originality_record(self.snap.keys, decisive.tolist(), similar_only.tolist(), exact,
+                                  closest_ks, closest_r, self.rules, cap)
+
+    def _bounds(self, positions, rows, segment):
+        """Correlation interval and KS count bounds of one segment's pairs.
+
+        Upper KS bounds are taken only where the lower one leaves a clause
+        possible, which is also where :meth:`_classify` needs them.
+        """
+        if not self.cand.constant:
+            r, margin, applies = self._correlation_bounds(positions, rows, segment)
+            self.r[positions], self.margin[positions], self.applies[positions] = r, margin, applies
+        gather, index = self._rows_view(rows)
+        counts = segment.counts if gather is None else segment.counts[gather]
+        mine = self.cand.counts[1:-1].astype(counts.dtype)  # |a - b| = max - min: exact in the narrow type
+        spread = np.maximum(counts, mine)
+        spread -= np.minimum(counts, mine)
+        lower = spread.max(axis=1)[index]
+        self.lower[positions] = lower
+        near = lower < max(self.dup_cut, self.similar_cut)
+        if np.any(near):
+            other = self._extended(segment.counts[rows[near]])
+            self.upper[positions[near]] = np.max(cell_bounds(other, self.cand.counts), axis=1)
+
+    def _extended(self, inner):
+        """Extended grid counts ``[0, C..., n]`` (int64) of rows of inner counts."""
+        inner = np.atleast_2d(inner).astype(np.int64)
+        edge = np.ones((inner.shape[0], 1), dtype=np.int64)
+        return np.concatenate([0 * edge, inner, self.snap.n * edge], axis=1)
+
+    def _counts(self, position):
+        """Extended grid counts of one other submission of the snapshot."""
+        slot = self.snap.slots[position]
+        return self._extended(self.snap.segments[slot // SEGMENT_ROWS].counts[slot % SEGMENT_ROWS])[0]
+
+    def _classify(self):
+        """Boolean arrays (correlated, duplicate, similar) over positions, exact.
+
+        ``similar`` is the clause ``k <= similar`` on its own; a pair is
+        listed as similar only when it is neither correlated nor a duplicate.
+        """
+        limit = self.rules.correlation_limit
+        r, margin, applies = self.r, self.margin, self.applies
+        correlated = applies & (r - margin > limit)
+        for p in np.flatnonzero(applies & ~correlated & ~(r + margin <= limit)):
+            value = self._correlation_exact(int(p))
+            correlated[p] = value is not None and abs(value) > limit
+        lower, upper = self.lower, self.upper
+        near = upper >= 0  # upper is known wherever a KS clause is possible
+        duplicate = near & (upper < self.dup_cut)
+        similar = near & (upper < self.similar_cut)
+        open_dup = near & (lower < self.dup_cut) & (upper >= self.dup_cut)
+        open_similar = near & (lower < self.similar_cut) & (upper >= self.similar_cut)
+        for p in np.flatnonzero(open_dup | open_similar):
+            k = self._count(int(p))
+            duplicate[p], similar[p] = k < self.dup_cut, k < self.similar_cut
+        return correlated, duplicate, similar & ~duplicate
+
+    def _closest_ks(self, closest):
+        """Positions of the ``closest`` smallest exact KS (ties by position)."""
+        positions = np.arange(self.lower.size)
+        return self._best(closest, np.lexsort((positions, self.lower)), self.lower,
+                          lambda p: self._count(p))
+
+    def _closest_correlation(self, closest):
+        """Positions of the ``closest`` largest exact |correlation| (ties by position)."""
+        applicable = np.flatnonzero(self.applies)
+        best_possible = -(self.r + self.margin)  # a lower bound of -|r| for every pair
+        order = applicable[np.lexsort((applicable, best_possible[applicable]))]
+
+        return self._best(closest, order, best_possible, lambda p: ranked_correlation(self._correlation_exact(p)))
+
+    @staticmethod
+    def _best(closest, order, bound, exact_key):
+        """The ``closest`` positions with the smallest ``(exact_key(p), p)``.
+
+        ``order`` lists candidate positions by ``(bound[p], p)``, where
+        ``bound[p] <= exact_key(p)``; positions are made exact in that
+        order until the next one's ``(bound, position)`` cannot beat the
+        current ``closest``-th best, so only a handful are ever exact.
+        ``exact_key`` returning None leaves the position out.
+        """
+        if closest <= 0:
+            return []
+        best = []
+        for p in order:
+            p = int(p)
+            if len(best) >= closest and (bound[p], p) > best[closest - 1]:
+                break
+            value = exact_key(p)
+            if value is not None:
+                best = sorted(best + [(value, p)])[:closest]
+        return [p for _, p in best]
+
+    def _count(self, position):
+        """Exact KS count of one pair (cached; counted in ``stats["ks_exact"]``)."""
+        if position not in self.counts_k:
+            self.counters["ks_exact"] += 1
+            other = np.sort(self._exact(position))
+            cut = int(self.lower[position])  # the count is at least its lower bound
+            self.counts_k[position] = ks_count_from(self.cand.ordered, self.cand.counts, other,
+                                                    self._counts(position), cut)
+        return self.counts_k[position]
+
+    def _correlation_exact(self, position):
+        """The plain rule's correlation of one pair (cached), None when either vector is constant."""
+        if position not in self.r_exact:
+            slot = self.snap.slots[position]
+            if self.cand.constant or self.snap.meta["constant"][slot]:
+                self.r_exact[position] = None
+            else:
+                self.counters["correlation_exact"] += 1
+                self.r_exact[position] = pearson(self.values, self._exact(position))
+        return self.r_exact[position]
+
+    def _pair(self, position):
+        """Exact ``(ks, correlation)`` of a listed pair, as the plain functions give them."""
+        return self._count(position) / self.snap.n, self._correlation_exact(position)

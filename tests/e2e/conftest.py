@@ -46,7 +46,8 @@ S3_KEYS = dict(aws_access_key_id="e2e-access-key", aws_secret_access_key="e2e-se
 #: Environment variables the server reads; stripped from the inherited environment.
 SERVER_VARIABLES = ("MONGO_URL", "MONGO_DB_NAME", "S3_UPLOAD_BUCKET", "S3_DATASET_BUCKET", "S3_ACCESS_KEY",
                     "S3_SECRET_KEY", "S3_ENDPOINT_URL", "PORT", "HOST", "API_KEY", "CACHE_DIR", "RECOVERY_INTERVAL",
-                    "STOP_TIMEOUT", "MONGO_TIMEOUT_MS", "ORIGINALITY_THREADS", "HTTP_THREADS", "LOG_LEVEL")
+                    "STOP_TIMEOUT", "MONGO_TIMEOUT_MS", "ORIGINALITY_THREADS", "HTTP_THREADS", "LOG_LEVEL",
+                    "SERVER_NAME")
 
 
 # -- small utilities ------------------------------------------------------------

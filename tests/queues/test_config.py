@@ -126,6 +126,13 @@ def test_local_mode_empty_api_key_falls_back_to_the_development_key(tmp_path):
     assert from_env({"API_KEY": ""}, use_local=True, local_dir=str(tmp_path)).api_key == LOCAL_API_KEY
 
 
+def test_server_name_is_read_for_provenance(env, tmp_path):
+    assert from_env(env).server_name == ""  # hostname:pid is filled in by queues.provenance
+    env["SERVER_NAME"] = "judge-eu-1"
+    assert from_env(env).server_name == "judge-eu-1"
+    assert from_env({"SERVER_NAME": "laptop"}, use_local=True, local_dir=str(tmp_path)).server_name == "laptop"
+
+
 def test_host_can_be_set(env):
     env["HOST"] = "127.0.0.1"
     assert from_env(env).host == "127.0.0.1"

@@ -22,7 +22,7 @@ from queues.leaderboard import desired_entry, newest
 from queues.pipeline import CONCORDANCE, DISPATCH, ORIGINALITY
 from queues.rounds import Rounds
 from queues.store import RoundMembers
-from scoring import concordance, consistency, originality
+from scoring import concordance, consistency, evidence, originality
 from scoring.ks import ks_statistic
 from scoring.prepared import PreparedRound
 
@@ -46,6 +46,9 @@ class PlainIndex:
 
     def is_original(self, candidate, keys, rules):
         return originality.is_original(candidate, [self.values[key] for key in keys], rules)
+
+    def explain(self, candidate, keys, rules):
+        return evidence.originality_evidence(candidate, [(key, self.values[key]) for key in keys], rules)
 
 
 @pytest.fixture

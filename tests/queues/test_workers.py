@@ -6,7 +6,10 @@ covers it): the workers only say which entries changed, and the documents
 must carry what the writer builds the entries from.
 """
 import collections
+import dataclasses
 import datetime
+import os
+import socket
 import threading
 
 import numpy as np
@@ -16,12 +19,14 @@ from bson import ObjectId
 
 from queues import workers
 from queues.errors import PermanentError
+from queues.explain import named_originality
 from queues.leaderboard import desired_entry, newest
 from queues.pipeline import CONCORDANCE, DISPATCH, ORIGINALITY, Job, Pipeline
 from queues.recovery import Recovery
 from queues.rounds import Rounds
 from queues.store import DONE, FAILED, PENDING, QUEUED, SCORING, RoundMembers, Store, utcnow
-from scoring import concordance, consistency, originality
+import scoring
+from scoring import concordance, consistency, evidence, originality
 from scoring.prepared import PreparedRound
 from scoring.submission import SubmissionError, parse_submission
 
@@ -187,6 +192,8 @@ def test_scoring_twice_leaves_the_same_documents(submit, store, pipeline, stages
 
     def snapshot():
         docs = [{k: v for k, v in store.get(sid).items() if k != "processing"} for sid in ids]
+        for doc in docs:
+            doc["provenance"].pop("judged_at")  # the one thing meant to change
         return docs, store.competitions.find_one({"_id": ROUND})
 
     before = snapshot()
@@ -357,13 +364,15 @@ def test_a_bug_is_recorded_as_an_internal_error_and_the_loop_goes_on(
         submit, store, pipeline, stages, model, monkeypatch):
     calls = []
 
+    real = workers.consistency.consistency_evidence
+
     def explode(*args, **kwargs):
         calls.append(1)
         if len(calls) == 1:
             raise ZeroDivisionError("bug")
-        return 50.0
+        return {**real(*args, **kwargs), "consistency": 50.0}
 
-    monkeypatch.setattr(workers.consistency, "consistency", explode)
+    monkeypatch.setattr(workers.consistency, "consistency_evidence", explode)
     first, second = submit("alice", model(1)), submit("bob", model(2))
     queue(store, pipeline, first, second)
     finished = threading.Event()
@@ -398,8 +407,8 @@ def test_a_finished_submission_is_not_judged_again_by_a_stale_job(submit, store,
     pipeline.put(DISPATCH, score_job)
     drain(pipeline, stages)
     before = store.get(sid)
-    monkeypatch.setattr(workers.consistency, "consistency", lambda *a, **k: pytest.fail("recomputed"))
-    monkeypatch.setattr(workers.concordance, "concordance", lambda *a, **k: pytest.fail("recomputed"))
+    monkeypatch.setattr(workers.consistency, "consistency_evidence", lambda *a, **k: pytest.fail("recomputed"))
+    monkeypatch.setattr(workers.concordance, "concordance_evidence", lambda *a, **k: pytest.fail("recomputed"))
     # a repeat of the intake's job (or any job) for a finished submission finds nothing to claim
     assert stages[DISPATCH].run(Job(sid, token=token)) == "skipped"
     assert stages[DISPATCH].run(Job(sid)) == "skipped"
@@ -414,8 +423,8 @@ def test_checks_already_judged_are_not_redone(submit, store, db, pipeline, stage
     drain(pipeline, stages)
     kept = store.get(sid)["concordant"]
     db.submissions.update_one({"_id": ObjectId(sid)}, {"$set": {"processing.state": SCORING, "original": PENDING}})
-    monkeypatch.setattr(workers.concordance, "concordance", lambda *a, **k: pytest.fail("recomputed"))
-    monkeypatch.setattr(workers.consistency, "consistency", lambda *a, **k: pytest.fail("recomputed"))
+    monkeypatch.setattr(workers.concordance, "concordance_evidence", lambda *a, **k: pytest.fail("recomputed"))
+    monkeypatch.setattr(workers.consistency, "consistency_evidence", lambda *a, **k: pytest.fail("recomputed"))
     assert Recovery(pipeline, store, interval=60).sweep() == 1
     outcomes = drain(pipeline, stages)
     assert outcomes == [(DISPATCH, sid, "ok"), (ORIGINALITY, sid, "ok")]
@@ -515,7 +524,9 @@ def test_the_last_check_writes_both_verdicts_and_done_in_one_transition(submit, 
     assert [name for name, _ in spy.calls] == ["dispatched"]
     assert drain(pipeline, stages, order=(last,)) == [(last, sid, "ok")]
     want = expected_verdicts(rounds, store, sid, rules)
-    assert spy.calls[1:] == [("judged", ({"concordant": want["concordant"], "original": want["original"]},))]
+    (name, (verdicts, evidence)), = spy.calls[1:]
+    assert name == "judged" and verdicts == {"concordant": want["concordant"], "original": want["original"]}
+    assert {"evidence.concordance", "evidence.originality"} <= set(evidence)  # written with the verdicts
     doc = store.get(sid)
     assert doc["processing"]["state"] == DONE
     assert doc["concordant"] == {"pending": False, "value": want["concordant"]}
@@ -555,7 +566,7 @@ def test_a_dispatcher_whose_lease_was_taken_over_drops_its_result(submit, store,
                                                                   metrics, monkeypatch):
     sid = submit("alice", model(1))
     queue(store, pipeline, sid)
-    real = workers.consistency.consistency
+    real = workers.consistency.consistency_evidence
     taken = {}
 
     def stall(*args, **kwargs):  # this worker pauses; meanwhile its lease runs out and another process claims it
@@ -564,7 +575,7 @@ def test_a_dispatcher_whose_lease_was_taken_over_drops_its_result(submit, store,
         taken["token"] = claim.token
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(workers.consistency, "consistency", stall)
+    monkeypatch.setattr(workers.consistency, "consistency_evidence", stall)
     assert drain(pipeline, stages) == [(DISPATCH, sid, "lost")]
     doc = store.get(sid)
     assert doc["consistency"] == 12.5 and doc["validationLogloss"] == 0.7
@@ -662,3 +673,45 @@ def test_s3_keys_that_are_refused_do_not_fail_the_submission(submit, store, pipe
     assert rounds.files.calls == 1
     assert store.get(sid)["processing"]["state"] == "queued"  # recovery dispatches it once the lease runs out
     assert "error" not in (store.get(sid).get("original") or {})
+
+
+def test_every_verdict_is_written_with_its_evidence_and_provenance(
+        submit, store, pipeline, stages, rounds, rules, model, round_frames):
+    """The evidence in each document is what the scoring functions give for its
+    predictions, in the same update as the verdict; the provenance says who judged."""
+    first = model(1)
+    broken = submit("mallory", raw=b"id,probability\n")
+    ids = [submit("alice", first), submit("bob", model(2)), submit("carol", np.clip(first + 1e-5, 0, 1))]
+    score(store, pipeline, stages, broken, *ids)
+    rnd = rounds.get(ROUND)
+    t = rnd.tournament
+    valid = t.validation
+    groups = concordance.cluster_groups(rounds._labels(rnd), t.data_types)
+    for sid in ids:
+        doc = store.get(sid)
+        values = rounds.predictions(rnd, doc["username"], doc["filename"])
+        found = doc["evidence"]
+        assert found["consistency"] == consistency.consistency_evidence(t.eras[valid], t.targets[valid], values[valid], rules)
+        assert found["consistency"]["consistency"] == doc["consistency"]
+        assert found["concordance"] == concordance.concordance_evidence(groups, values, rules)
+        assert found["concordance"]["concordant"] is doc["concordant"]["value"]
+        others = RoundMembers(store).latest_others(ROUND, doc["username"], doc["created"])
+        readable = [o for o in others if o["username"] != "mallory"]
+        plain = evidence.originality_evidence(
+            values, [(o["submission_id"], rounds.predictions(rnd, o["username"], o["filename"])) for o in readable], rules)
+        left_out = found["originality"]["left_out"]
+        assert [(o["submission_id"], o["username"]) for o in left_out] == [(broken, "mallory")]
+        assert "no predictions" in left_out[0]["reason"]
+        assert found["originality"] == named_originality(plain, readable, left_out)
+        assert found["originality"]["original"] is doc["original"]["value"]
+        provenance = doc["provenance"]
+        assert provenance["scorer_version"].startswith(scoring.__version__)
+        assert provenance["rules"] == dataclasses.asdict(rules)
+        assert provenance["dataset_version"] == rnd.version
+        assert provenance["server"] == "%s:%d" % (socket.gethostname(), os.getpid())
+        assert set(provenance["judged_at"]) == {"consistency", "concordance", "originality"}
+    carol = store.get(ids[2])["evidence"]["originality"]
+    assert carol["original"] is False
+    assert carol["counted_against"][0]["username"] == "alice"
+    assert carol["counted_against"][0]["submission_id"] == ids[0]
+    assert {"duplicate", "too correlated"} & set(carol["counted_against"][0]["clauses"])
