@@ -35,6 +35,7 @@ class Config:
     cache_dir: str = ""
     originality_threads: int = 2
     http_threads: int = 16
+    workers: int = 1  # gunicorn worker processes, each a whole server sharing the database
     mongo_timeout_ms: int = 3000
     stop_timeout: float = 15.0
     recovery_interval: float = 10.0
@@ -116,6 +117,7 @@ def from_env(environ=None, use_local=False, local_dir="local"):
         host=environ.get("HOST", "127.0.0.1" if use_local else "0.0.0.0"),
         originality_threads=_number(environ, "ORIGINALITY_THREADS", 2),
         http_threads=_number(environ, "HTTP_THREADS", 16),
+        workers=_number(environ, "WEB_CONCURRENCY", 1, most=64),
         mongo_timeout_ms=_number(environ, "MONGO_TIMEOUT_MS", 3000),
         stop_timeout=_number(environ, "STOP_TIMEOUT", 15.0, float),
         recovery_interval=_number(environ, "RECOVERY_INTERVAL", 10.0, float),

@@ -103,10 +103,15 @@ class Service(BaseApplication):
 
 
 def options(config):
-    """gunicorn settings for one process with ``config.http_threads`` threads."""
+    """gunicorn settings: ``config.workers`` processes with ``config.http_threads`` threads each.
+
+    Each worker process builds a whole service (queues, threads, leases of
+    its own); MongoDB's leases decide which of them judges what, so any
+    number may share one database.
+    """
     return {
         "bind": "%s:%d" % (config.host, config.port),
-        "workers": 1,
+        "workers": config.workers,
         "worker_class": "gthread",
         "threads": config.http_threads,
         "timeout": 120,

@@ -5,6 +5,7 @@ import re
 
 import pytest
 
+from queues import serve
 from queues.config import DEFAULT_PORT, LOCAL_API_KEY, REQUIRED, Config, ConfigError, from_env
 from scoring.rules import Rules
 
@@ -139,10 +140,11 @@ def test_host_can_be_set(env):
 
 
 # -- numbers --------------------------------------------------------------------------
-INTEGERS = ("PORT", "HTTP_THREADS", "ORIGINALITY_THREADS", "MONGO_TIMEOUT_MS")
-FLOATS = ("STOP_TIMEOUT", "RECOVERY_INTERVAL")
+INTEGERS = ("PORT", "HTTP_THREADS", "ORIGINALITY_THREADS", "MONGO_TIMEOUT_MS", "WEB_CONCURRENCY")
+FLOATS = ("STOP_TIMEOUT", "RECOVERY_INTERVAL", "LEASE_SECONDS")
 FIELD = {"PORT": "port", "HTTP_THREADS": "http_threads", "ORIGINALITY_THREADS": "originality_threads",
-         "MONGO_TIMEOUT_MS": "mongo_timeout_ms", "STOP_TIMEOUT": "stop_timeout", "RECOVERY_INTERVAL": "recovery_interval"}
+         "MONGO_TIMEOUT_MS": "mongo_timeout_ms", "STOP_TIMEOUT": "stop_timeout", "RECOVERY_INTERVAL": "recovery_interval",
+         "WEB_CONCURRENCY": "workers", "LEASE_SECONDS": "lease_seconds"}
 
 
 @pytest.mark.parametrize("name", INTEGERS + FLOATS)
@@ -167,12 +169,28 @@ def test_integers_reject_fractions(env, name):
 @pytest.mark.parametrize("name, value, expected", [
     ("PORT", "8080", 8080), ("HTTP_THREADS", "4", 4), ("ORIGINALITY_THREADS", "3", 3),
     ("MONGO_TIMEOUT_MS", "250", 250), ("STOP_TIMEOUT", "2.5", 2.5), ("RECOVERY_INTERVAL", "7", 7.0),
+    ("WEB_CONCURRENCY", "3", 3), ("LEASE_SECONDS", "12.5", 12.5),
 ])
 def test_good_numbers_are_read(env, name, value, expected):
     env[name] = value
     config = from_env(env)
     assert getattr(config, FIELD[name]) == expected
     assert type(getattr(config, FIELD[name])) is type(expected)
+
+
+@pytest.mark.parametrize("value", ["0.5", "0.999"])
+def test_a_lease_too_short_to_extend_is_refused(env, value):
+    env["LEASE_SECONDS"] = value
+    with pytest.raises(ConfigError, match="LEASE_SECONDS"):
+        from_env(env)
+
+
+def test_gunicorn_runs_as_many_worker_processes_as_configured(env):
+    env["WEB_CONCURRENCY"] = "3"
+    assert serve.options(from_env(env))["workers"] == 3
+    assert serve.options(from_env({**env, "WEB_CONCURRENCY": ""}))["workers"] == 1
+
+
 
 
 @pytest.mark.parametrize("name", INTEGERS + FLOATS)

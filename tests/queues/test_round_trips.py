@@ -1,0 +1,111 @@
+"""What judging costs the database, counted by pymongo's command monitoring.
+
+A judged submission costs at most six round trips besides the leaderboard
+writer's (accept, claim, dispatched, the round's new members, judged), and
+the writer's cost for a burst does not grow with the number of changes.
+Counted on SecantusDB, the way the server talks to it.
+"""
+import collections
+
+import numpy as np
+import pymongo
+import pytest
+from bson import ObjectId
+from pymongo import monitoring
+
+from queues.files import LocalFiles
+from queues.pipeline import CONCORDANCE, DISPATCH, ORIGINALITY
+
+from tests.queues.harness import ROUND, Node, World
+
+#: The budget the issue sets for one judged submission, leaderboard aside.
+MAX_ROUND_TRIPS = 6
+
+
+class Commands(monitoring.CommandListener):
+    """Counts the commands sent, by name, while ``counting`` is set."""
+
+    def __init__(self):
+        self.counting = False
+        self.names = collections.Counter()
+
+    def started(self, event):
+        if self.counting and event.command_name not in ("endSessions", "hello", "isMaster", "ismaster"):
+            self.names[event.command_name] += 1
+
+    def succeeded(self, event):
+        pass
+
+    def failed(self, event):
+        pass
+
+    def count(self, action):
+        """The commands ``action`` sends."""
+        self.names.clear()
+        self.counting = True
+        try:
+            action()
+        finally:
+            self.counting = False
+        return collections.Counter(self.names)
+
+
+@pytest.fixture
+def counted(real_mongo_url, round_frames, round_zip, tmp_path):
+    commands = Commands()
+    client = pymongo.MongoClient(real_mongo_url, event_listeners=[commands], serverSelectionTimeoutMS=5000)
+    db = client["trips_%s" % ObjectId()]
+    files = LocalFiles(str(tmp_path / "files"))
+    files.put_dataset(ROUND, str(round_zip))
+    node = Node(db, files, str(tmp_path / "cache"), pid=1)
+    yield commands, node, World(files, round_frames[1]), db
+    client.drop_database(db.name)
+    client.close()
+
+
+def judge(node, sid):
+    """POST and every stage, as the server's threads would; the leaderboard writer does not run."""
+    assert node.post(sid).status_code == 202
+    for stage in (DISPATCH, CONCORDANCE, ORIGINALITY):
+        assert node.step(stage) == "ok"
+
+
+def test_a_judged_submission_costs_at_most_six_round_trips(counted):
+    commands, node, world, db = counted
+    rng = np.random.default_rng(5)
+    n = len(world.tournament)
+    earlier = [world.submit(db, "user%02d" % i, np.clip(rng.normal(0.5, 0.05, n), 0.01, 0.99).round(5)) for i in range(15)]
+    for sid in earlier:
+        judge(node, sid)
+    node.board.flush(node.board.take(0))
+    late = world.submit(db, "zed", np.clip(rng.normal(0.5, 0.05, n), 0.01, 0.99).round(5))
+    sent = commands.count(lambda: judge(node, late))
+    assert db.submissions.find_one({"_id": ObjectId(late)})["processing"]["state"] == "done"
+    print("\nround trips for one judged submission:", dict(sent))
+    assert sum(sent.values()) <= MAX_ROUND_TRIPS, dict(sent)
+    # in particular, originality did not read the other fifteen documents again
+    assert sent["find"] <= 1, dict(sent)
+
+
+def test_a_burst_of_changes_costs_the_leaderboard_a_few_writes(counted):
+    commands, node, world, db = counted
+    rng = np.random.default_rng(6)
+    n = len(world.tournament)
+    ids = [world.submit(db, "user%02d" % i, np.clip(rng.normal(0.5, 0.05, n), 0.01, 0.99).round(5)) for i in range(30)]
+    for sid in ids:
+        judge(node, sid)
+    changes = node.board.pending()
+    assert changes == 30
+    sent = commands.count(lambda: node.board.flush(node.board.take(0)))
+    print("\nleaderboard flush of 30 changes:", dict(sent))
+    writes = sent["update"]
+    assert writes <= 4, dict(sent)  # create the leaderboard, push the entries, one grouped write, clear the stamps
+    assert sum(sent.values()) <= 8, dict(sent)
+    board = db.competitions.find_one({"_id": ROUND})["leaderboard"]
+    assert sorted(entry["username"] for entry in board) == ["user%02d" % i for i in range(30)]
+    # sixty transitions (dispatched and judged for each) touched thirty entries; after another
+    # round of verdict changes the cost is the same, not one write per change
+    for sid in ids:
+        node.board.touch(ROUND, db.submissions.find_one({"_id": ObjectId(sid)})["username"])
+    again = commands.count(lambda: node.board.flush(node.board.take(0)))
+    assert again["update"] <= 2 and sum(again.values()) <= 4, dict(again)
