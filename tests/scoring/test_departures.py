@@ -16,7 +16,7 @@ from scipy.stats import ks_2samp, pearsonr
 from sklearn.cluster import MiniBatchKMeans
 from sklearn.metrics import log_loss
 
-from scoring import originality
+from scoring import evidence, originality
 from scoring.concordance import cluster_groups, concordance, fit_clusters
 from scoring.consistency import consistency, logloss
 from scoring.dataset import DatasetError
@@ -85,6 +85,14 @@ def test_ks_ties_use_the_true_statistic():
     assert abs(originality.pearson(candidate, other)) < 0.01
     # the project decides on the true statistic: a duplicate, not original
     assert judge_both_ways(candidate, [other]) is False
+    # and the evidence stored with the verdict says so: which statistic, and the number decided on
+    prepared = PreparedRound(fetch_exact=lambda key: other)
+    prepared.add("other", other)
+    found = prepared.explain(candidate, ["other"], RULES)
+    assert found == evidence.originality_evidence(candidate, [("other", other)], RULES)
+    assert "evaluated at every observed value" in found["statistic"] and "not a position" in found["statistic"]
+    (against,) = found["counted_against"]
+    assert against["ks"] == true_ks and "duplicate" in against["clauses"]
 
 
 # ---------------------------------------------- 2. correlated copies judged
