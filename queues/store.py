@@ -171,26 +171,32 @@ class Store:
     def claim(self, submission_id, token=None, owner=None):
         """Lease an active submission to this process; the :class:`Claim`, or None.
 
-        Takes it when it has no lease, when its lease has expired, when
-        ``token`` is the lease it already carries (the intake's), or when
-        ``owner`` holds it (a dead process of this server's, see
-        :meth:`orphaned_owners`). One round trip, which also reads the
-        document the work needs.
+        Takes it when ``token`` is the lease it already carries (the intake's),
+        when ``owner`` holds it (a dead process of this server's, see
+        :meth:`orphaned_owners`), or when it has no lease or an expired one.
+        Each of these is one conditional ``update_one`` on the document's
+        ``_id``, tried in that order until one takes it; then the document
+        is read back by the new token, which also tells that the lease is
+        still ours. So the usual claim is two round trips, each served by an
+        index: a ``findAndModify``, or an ``$or`` at the top of the filter,
+        makes SecantusDB scan the whole collection instead.
         """
+        oid = ObjectId(submission_id)
         now = utcnow()
-        held = [{"processing.lease": None}, {"processing.lease.expires": {"$lte": now}}]
-        if token is not None:
-            held.append({"processing.lease.token": token})
-        if owner is not None:
-            held.append({"processing.lease.owner": owner})
         fresh = ObjectId()
-        doc = self.submissions.find_one_and_update(
-            {"_id": ObjectId(submission_id), "processing.state": {"$in": list(ACTIVE)}, "$or": held},
-            {"$set": {"processing.lease": self._lease(fresh, now), "processing.updated_at": now},
-             "$inc": {"processing.fence": 1, "processing.attempts": 1}},
-            return_document=pymongo.ReturnDocument.AFTER,
-        )
-        return None if doc is None else Claim(doc, fresh)
+        conditions = [{"processing.lease.token": token}] if token is not None else []
+        if owner is not None:
+            conditions.append({"processing.lease.owner": owner})
+        # no lease, or one without a future expiry (the service always writes one)
+        conditions.append({"processing.lease.expires": {"$not": {"$gt": now}}})
+        update = {"$set": {"processing.lease": self._lease(fresh, now), "processing.updated_at": now},
+                  "$inc": {"processing.fence": 1, "processing.attempts": 1}}
+        for condition in conditions:
+            held = {"_id": oid, "processing.state": {"$in": list(ACTIVE)}, **condition}
+            if self.submissions.update_one(held, update).matched_count:
+                doc = self.submissions.find_one({"_id": oid, "processing.lease.token": fresh})
+                return None if doc is None else Claim(doc, fresh)
+        return None
 
     def extend(self, tokens):
         """Push back the expiry of every lease in ``tokens`` (one write for all); returns how many."""
@@ -378,10 +384,16 @@ class Store:
                 for name in usernames}
 
     def clear_board_stamps(self, stamps):
-        """Clear leaderboard stamps ``[(oid, stamp)]`` unless a newer transition re-stamped them."""
+        """Clear leaderboard stamps ``[(oid, stamp)]`` unless a newer transition re-stamped them.
+
+        Every stamp is a fresh id written to one document only, so "its id
+        is listed and its stamp is listed" is "it still carries its own
+        listed stamp", and the filter needs no ``$or`` of pairs (with which
+        SecantusDB scans the whole collection rather than look the ids up).
+        """
         if stamps:
             self.submissions.update_many(
-                {"$or": [{"_id": oid, "processing.board": stamp} for oid, stamp in stamps]},
+                {"_id": {"$in": [oid for oid, _ in stamps]}, "processing.board": {"$in": [stamp for _, stamp in stamps]}},
                 {"$unset": {"processing.board": ""}})
 
     def stamped(self, limit):
