@@ -8,6 +8,7 @@ buckets and :class:`LocalFiles` for a folder laid out like them
 import logging
 import os
 import shutil
+import threading
 
 import botocore.exceptions
 
@@ -26,6 +27,16 @@ def submission_key(username, filename):
 def dataset_key(competition_id):
     """S3 key of a round's dataset zip."""
     return "%s/%s" % (int(competition_id), DATASET_NAME)
+
+
+def partial_name(path, suffix=".part"):
+    """Where to write ``path`` before moving it into place: a name no other process or thread uses.
+
+    Servers on one machine share the cache folder (it defaults to one per
+    user), so with one fixed name a second writer truncates the first's
+    file, and whichever moves it last finds it gone.
+    """
+    return "%s.%d-%d%s" % (path, os.getpid(), threading.get_ident(), suffix)
 
 
 class S3Files:
@@ -95,12 +106,15 @@ class S3Files:
         path = os.path.join(folder, "%s-%s" % (version, DATASET_NAME))
         if not os.path.exists(path):
             os.makedirs(folder, exist_ok=True)
-            partial = path + ".part"
-            self.client.download_file(self.dataset_bucket, dataset_key(competition_id), partial)
-            if self.dataset_version(competition_id) != version:
-                os.remove(partial)
-                raise DatasetChanged("round %s's dataset was replaced during the download" % competition_id)
-            os.replace(partial, path)
+            partial = partial_name(path)
+            try:
+                self.client.download_file(self.dataset_bucket, dataset_key(competition_id), partial)
+                if self.dataset_version(competition_id) != version:
+                    raise DatasetChanged("round %s's dataset was replaced during the download" % competition_id)
+                os.replace(partial, path)
+            finally:
+                if os.path.exists(partial):
+                    os.remove(partial)
         return path, version
 
 

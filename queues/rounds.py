@@ -16,6 +16,7 @@ import zipfile
 import numpy as np
 
 from queues.errors import DatasetChanged
+from queues.files import partial_name
 from scoring import concordance, dataset
 from scoring.dataset import DatasetError
 from scoring.submission import parse_submission
@@ -118,9 +119,13 @@ class Rounds:
             raise DatasetError("training and tournament data have different feature columns")
         labels = concordance.fit_clusters(training, rnd.tournament.features, self.rules)
         os.makedirs(os.path.dirname(path), exist_ok=True)
-        partial = path + ".part.npy"
-        np.save(partial, labels)
-        os.replace(partial, path)
+        partial = partial_name(path, ".part.npy")
+        try:
+            np.save(partial, labels)
+            os.replace(partial, path)
+        finally:
+            if os.path.exists(partial):
+                os.remove(partial)
         log.info("round %s: clustered %d training + %d tournament rows in %.2fs",
                  rnd.competition_id, len(training), len(labels), time.monotonic() - started)
         return labels

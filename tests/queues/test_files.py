@@ -1,6 +1,7 @@
 """Submission files and round datasets: S3 (moto, in process) and a local folder."""
 import collections
 import os
+import threading
 
 import boto3
 import botocore.exceptions
@@ -182,6 +183,31 @@ def test_s3_interrupted_download_leaves_no_cached_copy(s3, tmp_path):
     with open(working.dataset(41)[0], "rb") as handle:
         assert handle.read() == b"the whole zip"
     assert working.client.calls["download_file"] == 1
+
+
+def test_s3_two_servers_sharing_the_cache_download_one_dataset_at_once(s3, tmp_path):
+    """Servers on one machine share the cache folder: a download finishing in the middle of another's is no error.
+
+    The second server's whole download runs while the first's has written
+    its copy but not yet moved it into place (threads stand in for the two
+    processes; each writes under its own name).
+    """
+    s3.put_object(Bucket=DATASETS, Key="41/" + DATASET_NAME, Body=b"the whole zip")
+    cache = str(tmp_path / "shared-cache")
+    second = S3Files(Counting(s3), UPLOADS, DATASETS, cache)
+    found = {}
+
+    def download_then_let_the_other_finish(method, bucket, key, filename, *args, **kwargs):
+        method(bucket, key, filename, *args, **kwargs)
+        other = threading.Thread(target=lambda: found.setdefault("second", second.dataset(41)))
+        other.start()
+        other.join()
+    first = S3Files(Counting(s3, fail={"download_file": download_then_let_the_other_finish}), UPLOADS, DATASETS, cache)
+    path, version = first.dataset(41)
+    assert found["second"] == (path, version)
+    with open(path, "rb") as handle:
+        assert handle.read() == b"the whole zip"
+    assert os.listdir(os.path.dirname(path)) == [os.path.basename(path)]  # no partial copy left behind
 
 
 # -- local folder --------------------------------------------------------------------------

@@ -196,6 +196,31 @@ def test_groups_fit_once_and_are_saved(rounds, cache, real_fits, round_frames):
     np.testing.assert_array_equal(covered, np.arange(len(round_frames[1])))
 
 
+def test_two_servers_sharing_the_cache_save_one_rounds_labels_at_once(files, cache, rules, fits, monkeypatch):
+    """Servers on one machine share the cache folder: labels saved in the middle of another's save are no error.
+
+    The second server fits and saves while the first has written its labels
+    but not yet moved them into place (threads stand in for the processes).
+    """
+    second = Rounds(files, cache, rules, PreparedRound)
+    found = {}
+    real_replace = os.replace
+
+    def replace_after_the_other(source, target):
+        if threading.current_thread() is threading.main_thread() and "second" not in found:
+            other = threading.Thread(target=lambda: found.setdefault("second", second.groups(second.get(ROUND))))
+            other.start()
+            other.join()
+        real_replace(source, target)
+    monkeypatch.setattr(os, "replace", replace_after_the_other)
+    first = Rounds(files, cache, rules, PreparedRound)
+    groups = first.groups(first.get(ROUND))
+    assert len(fits) == 2
+    same_groups(found["second"], groups)
+    assert [os.path.basename(p) for p in glob.glob(os.path.join(cache, "clusters", "*"))] == \
+           [os.path.basename(first._cluster_path(first.get(ROUND)))]  # no partial copy left behind
+
+
 def test_a_restart_reads_the_labels_back_without_fitting(files, cache, rules, rounds, fits, monkeypatch):
     first = rounds.groups(rounds.get(ROUND))
     assert len(fits) == 1
