@@ -71,8 +71,10 @@ class Provenance:
         """``$set`` fields for one check: its evidence and the provenance beside it.
 
         ``check`` names the evidence (``consistency``, ``concordance``,
-        ``originality``); each check stamps its own ``judged_at``, the other
-        provenance fields are the same for every check this process writes.
+        ``originality``); each check stamps its own ``judged_at`` and
+        ``judged_by`` (a submission handed over after a crash is judged by
+        two servers: consistency by the first, the checks by the second); the
+        other provenance fields are those of the server that wrote last.
         """
         return {
             "evidence.%s" % check: evidence,
@@ -81,4 +83,5 @@ class Provenance:
             "provenance.dataset_version": rnd.version,
             "provenance.server": self.server,
             "provenance.judged_at.%s" % check: utcnow(),
+            "provenance.judged_by.%s" % check: {"server": self.server, "scorer_version": self.scorer},
         }

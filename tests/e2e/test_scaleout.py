@@ -165,6 +165,9 @@ def test_three_servers_share_a_round_and_survive_a_sigkill(storage, start_server
         assert doc["evidence"]["consistency"] == before["evidence"]["consistency"], sid
         assert doc["provenance"]["judged_at"]["consistency"] == before["provenance"]["judged_at"]["consistency"] <= read_at
         assert doc["processing"]["dispatched_at"] == before["processing"]["dispatched_at"], sid
+        judged_by = {check: who["server"] for check, who in doc["provenance"]["judged_by"].items()}
+        assert judged_by["consistency"] == NAMES[0], (sid, judged_by)  # each check names who judged it
+        assert judged_by["concordance"] == judged_by["originality"] == doc["provenance"]["server"] != NAMES[0], judged_by
     print("%d leftovers had been dispatched by the victim and were finished by a survivor" % len(handed_over))
 
     # Each survivor made one final write per submission it is named on: none twice, none overwritten.

@@ -710,6 +710,8 @@ def test_every_verdict_is_written_with_its_evidence_and_provenance(
         assert provenance["dataset_version"] == rnd.version
         assert provenance["server"] == "%s:%d" % (socket.gethostname(), os.getpid())
         assert set(provenance["judged_at"]) == {"consistency", "concordance", "originality"}
+        assert provenance["judged_by"] == {check: {"server": provenance["server"], "scorer_version": provenance["scorer_version"]}
+                                           for check in ("consistency", "concordance", "originality")}
     carol = store.get(ids[2])["evidence"]["originality"]
     assert carol["original"] is False
     assert carol["counted_against"][0]["username"] == "alice"
