@@ -118,6 +118,50 @@ def test_many_changes_go_in_one_write_and_a_replay_writes_nothing(rnd, board):
     assert rnd.db.competitions.find_one({"_id": ROUND}) == before  # a replay changes nothing
 
 
+class Gathering(threading.Event):
+    """A stop flag whose waits stand for time passing: each wait runs the next of ``arrivals``;
+    once they are all done, the next wait stops the writer."""
+
+    def __init__(self, arrivals):
+        super().__init__()
+        self.arrivals = list(arrivals)
+        self.waited = []
+
+    def wait(self, timeout=None):
+        self.waited.append(timeout)
+        if self.arrivals:
+            self.arrivals.pop(0)()
+        else:
+            self.set()
+        return self.is_set()
+
+
+def test_under_a_burst_the_writer_writes_once_per_interval_not_once_per_change(rnd):
+    oids = [rnd.submit("u%02d" % i) for i in range(30)]
+
+    def transitions(chosen, step):
+        """Each submission's transition and its touch, one after the other, as workers make them."""
+        def arrive():
+            for oid in chosen:
+                step(oid)
+                board.touch(ROUND, rnd.doc(oid)["username"])
+        return arrive
+    stop = Gathering([transitions(oids[10:], rnd.dispatch), transitions(oids, rnd.judge)])
+    board = Leaderboard(rnd.store, stop, interval=5.0)
+    transitions(oids[:10], rnd.dispatch)()
+    writer = threading.Thread(target=board.loop, daemon=True)
+    writer.start()
+    writer.join(30)
+    assert not writer.is_alive()
+    # three bursts of 10, 20 and 30 changes, each change touched on its own: one write per burst
+    # (the first ten entries pushed, the next twenty pushed, the thirty verdicts in one grouped write),
+    # each burst gathered while the writer waited out the interval after the write before
+    assert board.writes == 3, board.writes
+    assert len(stop.waited) == 3 and all(0 < timeout <= 5.0 for timeout in stop.waited), stop.waited
+    assert_in_line(rnd)
+    assert rnd.store.stamped(100) == set()
+
+
 def test_the_entry_shows_the_newest_submission_whatever_order_they_are_dispatched(rnd, board):
     older = rnd.submit("alice")
     newer = rnd.submit("alice")
