@@ -1,7 +1,8 @@
 """What judging costs the database, counted by pymongo's command monitoring.
 
 A judged submission costs at most six round trips besides the leaderboard
-writer's (accept, claim, dispatched, the round's new members, judged), and
+writer's (accept, claim and its read back, dispatched, the round's new
+members, judged), and
 the writer's cost for a burst does not grow with the number of changes.
 Counted on SecantusDB, the way the server talks to it.
 """
