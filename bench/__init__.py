@@ -5,7 +5,7 @@ Each benchmark is a module with ``add_arguments(parser)`` and
 registered in :data:`BENCHMARKS` below; that is the only place a new one
 (``round``, ``intake``, ...) needs to be added.
 """
-from bench import concordance, intake, originality, round
+from bench import concordance, intake, originality, round, scaleout
 
 #: name -> benchmark module, in the order ``python -m bench`` runs them.
 BENCHMARKS = {
@@ -13,4 +13,5 @@ BENCHMARKS = {
     "concordance": concordance,
     "round": round,
     "intake": intake,
+    "scaleout": scaleout,
 }

@@ -1,31 +1,49 @@
-"""round: a whole round through the real pipeline, from files to verdicts.
+"""round: a whole round through the real service against SecantusDB, from files to verdicts.
 
 Each user's submission (n rows) is written as a CSV file in a folder laid
-out like the buckets, the round's documents go into mongomock (in this
-process, as the intake benchmark uses it), and every submission is POSTed
-through the app that ``server``'s ``build_service`` builds, with its
-dispatcher, concordance and originality threads. The clock runs from the
-first request until every submission is done. Verdicts of a sample of
-late submissions are checked against the plain rules.
+out like the buckets; the round's documents go into SecantusDB, which the
+benchmark starts in its own process on a free loopback port (as local
+mode does); every submission is POSTed, one after the other, through the
+app that ``server``'s ``build_service`` builds, with its dispatcher,
+concordance, originality, leaderboard, recovery and lease threads. The
+clock runs from the first request until every submission is done
+(``seconds``); ``board_s`` is when the leaderboard shows every verdict.
+Verdicts of a sample of late submissions are checked against the plain
+rules, and every leaderboard entry against its user's submission.
+
+What the database costs is reported beside the time. ``db_cpu_s`` is the
+SecantusDB process's CPU seconds from the first POST to the last verdict
+(``service_cpu_s``: this process's, the benchmark's own requests
+included). The commands the service sends are counted on its client by
+pymongo's command monitoring, by the thread that sent them:
+``round_trips_per_submission`` is the intake's and the pipeline workers'
+commands over the submissions, ``rt_<command>`` its parts. The leaderboard
+writer's are apart: ``board_writes`` updates of the leaderboard, carrying
+``board_entries`` entries, for ``board_changes`` transitions that changed
+what it shows; ``board_commands`` all of the writer's commands (its reads
+and stamp clearing too). ``background_commands`` are the recovery sweep's
+and the lease keeper's, which run on a timer.
 
 The baseline is only the 2017 optimized originality loop for the same
 round (each submission against every earlier user's), timed on a sample
 of pairs and scaled; the rest of the 2017 pipeline is not counted, so
 the speedup understates the difference.
 """
+import collections
 import concurrent.futures
 import datetime
 import os
 import tempfile
+import threading
 import time
 
-import mongomock
 import numpy as np
 import pandas as pd
+import pymongo
 from bson import ObjectId
 
 from bench import data, intake_server
-from bench.locked import LockedDatabase
+from bench.database import Commands, secantus, store_name
 from bench.originality import baseline_pair
 from bench.timing import BenchmarkError, result
 from queues import demo
@@ -97,29 +115,160 @@ def prepare(root, args):
     return docs, predictions
 
 
-def run_round(root, docs, timeout):
-    """Score every document through the real service; returns (seconds, database, database busy seconds)."""
-    db = mongomock.MongoClient().bench
-    db.submissions.insert_many(docs)
-    db.competitions.insert_one({"_id": ROUND, "leaderboard": []})
-    config = Config(api_key=API_KEY, local=True, local_dir=root, cache_dir=os.path.join(root, "cache"))
-    locked = LockedDatabase(db)
-    app, stop = intake_server.load_server().build_service(config, lambda: locked)
-    client = app.test_client()
+#: The leaderboard writer's thread, and the threads that run on a timer (names given by build_service).
+BOARD_THREADS = ("leaderboard",)
+BACKGROUND_THREADS = ("recovery", "leases", "supervisor")
+#: Commands the driver sends on its own (ending sessions at close).
+DRIVER_COMMANDS = ("endSessions",)
+DB_NAME = "bench"
+
+
+#: Where a transition that settles a submission leads.
+SETTLED = ("done", "failed")
+#: A filter for submissions still in the pipeline; the (state, created) index serves it.
+ACTIVE = {"processing.state": {"$in": ["queued", "scoring"]}}
+
+
+class Watch:
+    """What the service's commands carry, read from the commands themselves as they are sent.
+
+    It counts the leaderboard's writes, the entries they carry and the
+    transitions that change what a leaderboard shows, and lets the
+    benchmark wait for the settling transitions without asking the
+    database (whose every poll would be counted in its CPU time).
+    """
+
+    def __init__(self):
+        self.changed = threading.Condition()
+        self.reset()
+
+    def reset(self):
+        self.writes = 0   # updates of a leaderboard (positional $set, or $push of new entries)
+        self.entries = 0  # entries those updates wrote
+        self.changes = 0  # transitions that changed what a leaderboard shows (they stamp processing.board)
+        self.settling = 0  # transitions to done or failed sent
+
+    def inspect(self, thread, event):
+        if event.command_name != "update":
+            return
+        collection = event.command.get("update")
+        for spec in event.command.get("updates", ()):
+            update = spec.get("u") or {}
+            fields = update.get("$set") or {}
+            if collection == "competitions" and thread in BOARD_THREADS:
+                pushed = ((update.get("$push") or {}).get("leaderboard") or {}).get("$each")
+                if pushed is not None or spec.get("arrayFilters"):
+                    self.writes += 1
+                    self.entries += len(pushed if pushed is not None else spec["arrayFilters"])
+            elif collection == "submissions" and "processing.board" in fields:
+                self.changes += 1
+                if fields.get("processing.state") in SETTLED:
+                    with self.changed:
+                        self.settling += 1
+                        self.changed.notify_all()
+
+    def wait_settling(self, count, timeout):
+        """Wait until ``count`` settling transitions were sent; False on timeout."""
+        with self.changed:
+            return self.changed.wait_for(lambda: self.settling >= count, timeout)
+
+
+def service_cpu_seconds():
+    """CPU seconds of this process so far: the service's threads, and the benchmark's own requests and polls."""
+    times = os.times()
+    return times.user + times.system
+
+
+def wait_until(condition, started, timeout, what, interval=0.5):
+    """Poll ``condition`` every ``interval`` seconds until it holds; returns the seconds since ``started``."""
+    while not condition():
+        if time.perf_counter() - started > timeout:
+            raise BenchmarkError("%s after %.0fs" % (what, timeout))
+        time.sleep(interval)
+    return time.perf_counter() - started
+
+
+def judge(app, docs, db, database, watch, timeout):
+    """POST every submission and wait for the verdicts, then for the leaderboard.
+
+    Returns seconds to the last verdict, seconds until the leaderboard is
+    in line, and the database's and this process's CPU seconds up to the
+    last verdict.
+    """
+    http = app.test_client()
+    cpu_before, own_before = database.cpu_seconds(), service_cpu_seconds()
     started = time.perf_counter()
-    try:
-        for doc in docs:
-            answer = client.post("/", json={"submission_id": str(doc["_id"]), "api_key": API_KEY})
-            if answer.status_code != 202:
-                raise BenchmarkError("POST answered %s: %s" % (answer.status_code, answer.get_data()))
-        finished = {"processing.state": {"$in": ["done", "failed"]}}
-        while locked.submissions.count_documents(finished) < len(docs):
-            if time.perf_counter() - started > timeout:
-                raise BenchmarkError("round not finished after %.0fs" % timeout)
-            time.sleep(0.5)
-        return time.perf_counter() - started, db, locked.busy
-    finally:
-        stop()
+    for doc in docs:
+        answer = http.post("/", json={"submission_id": str(doc["_id"]), "api_key": API_KEY})
+        if answer.status_code != 202:
+            raise BenchmarkError("POST answered %s: %s" % (answer.status_code, answer.get_data()))
+    if not watch.wait_settling(len(docs), timeout):
+        raise BenchmarkError("round not finished after %.0fs" % timeout)
+    # the last transitions were sent; the database confirms once they are written (cheap: none left active)
+    seconds = wait_until(lambda: db.submissions.find_one(ACTIVE, {"_id": 1}) is None, started, timeout,
+                         "round not finished", interval=0.01)
+    cpu, own = database.cpu_seconds() - cpu_before, service_cpu_seconds() - own_before
+    board_seconds = wait_until(lambda: db.submissions.find_one({"processing.board": {"$exists": True}}, {"_id": 1}) is None,
+                               started, timeout, "leaderboard not in line")
+    return seconds, board_seconds, cpu, own
+
+
+def run_round(root, docs, timeout, checks):
+    """Judge every document through the real service on SecantusDB in its own process.
+
+    ``checks(db)`` runs on the finished round before the database stops.
+    Returns the figures; commands are counted on the service's client
+    only, from the first POST until the leaderboard is in line.
+    """
+    config = Config(api_key=API_KEY, local=True, local_dir=root, cache_dir=os.path.join(root, "cache"),
+                    mongo_db_name=DB_NAME)
+    watch = Watch()
+    commands = Commands(watch.inspect)
+    with secantus(os.path.join(root, "secantus")) as database:
+        # the service's client has server.client_for's settings, plus the counting listener
+        client = pymongo.MongoClient(database.url, event_listeners=[commands],
+                                     serverSelectionTimeoutMS=config.mongo_timeout_ms,
+                                     connectTimeoutMS=config.mongo_timeout_ms, socketTimeoutMS=30000)
+        own = pymongo.MongoClient(database.url)  # the benchmark's reads and writes, not counted
+        try:
+            db = own[DB_NAME]
+            db.submissions.insert_many(docs)
+            db.competitions.insert_one({"_id": ROUND, "leaderboard": []})
+            app, stop = intake_server.load_server().build_service(config, lambda: client[DB_NAME])
+            try:
+                commands.reset()  # the indexes build_service created are not the round's
+                watch.reset()
+                seconds, board_seconds, cpu, service_cpu = judge(app, docs, db, database, watch, timeout)
+                counts = collections.Counter(commands.counts)
+            finally:
+                stop()
+            extra = checks(db)
+        finally:
+            own.close()
+            client.close()
+    figures = {"seconds": seconds, "board_s": board_seconds, "db_cpu_s": cpu, "service_cpu_s": service_cpu}
+    figures.update(command_figures(counts, watch, len(docs)))
+    figures.update(extra)
+    return figures
+
+
+def command_figures(counts, board, submissions):
+    """Round trips per submission by command name, and the leaderboard's and timers' commands apart."""
+    judged, board_commands, background = collections.Counter(), 0, 0
+    for (thread, name), count in counts.items():
+        if name in DRIVER_COMMANDS:
+            continue
+        if thread in BOARD_THREADS:
+            board_commands += count
+        elif thread in BACKGROUND_THREADS:
+            background += count
+        else:
+            judged[name] += count
+    figures = {"round_trips_per_submission": round(sum(judged.values()) / submissions, 2)}
+    figures.update(("rt_%s" % name, round(count / submissions, 3)) for name, count in sorted(judged.items()))
+    figures.update(board_writes=board.writes, board_entries=board.entries, board_changes=board.changes,
+                   board_commands=board_commands, background_commands=background)
+    return figures
 
 
 def verify(db, docs, predictions, count, rules):
@@ -164,17 +313,34 @@ def baseline_ms(predictions, users, rules, sample=200):
     return per_pair * users * (users - 1) / 2
 
 
+def check_board(db, users):
+    """One leaderboard entry per user, showing that user's submission and its verdicts."""
+    board = db.competitions.find_one({"_id": ROUND})["leaderboard"]
+    docs = {doc["username"]: doc for doc in db.submissions.find({"competition_id": ROUND},
+                                                                 {"username": 1, "concordant": 1, "original": 1})}
+    if len(board) != users or {entry["username"] for entry in board} != set(docs):
+        raise BenchmarkError("%d leaderboard entries for %d users" % (len(board), users))
+    for entry in board:
+        doc = docs[entry["username"]]
+        if (entry["submission_id"], entry["concordant"], entry["original"]) != (doc["_id"], doc["concordant"], doc["original"]):
+            raise BenchmarkError("%s's leaderboard entry %r does not show its submission %r" % (doc["username"], entry, doc))
+
+
 def run(args):
     rules = Rules()
     with tempfile.TemporaryDirectory() as root:
         docs, predictions = prepare(root, args)
-        seconds, db, busy = run_round(root, docs, args.timeout)
-        pairs = verify(db, docs, predictions, args.verify, rules)
-        failed = db.submissions.count_documents({"processing.state": "failed"})
-        board = db.competitions.find_one({"_id": ROUND})["leaderboard"]
-    if failed or len(board) != args.users:
-        raise BenchmarkError("%d failed, %d leaderboard entries for %d users" % (failed, len(board), args.users))
-    fields = {"rows": args.rows, "users": args.users, "store": "mongomock", "seconds": round(seconds, 1),
-              "per_submission_ms": round(seconds * 1e3 / args.users, 1), "db_busy_s": round(busy, 1),
-              "verified_pairs": pairs}
+
+        def checks(db):
+            failed = db.submissions.count_documents({"processing.state": "failed"})
+            if failed:
+                raise BenchmarkError("%d submissions failed" % failed)
+            check_board(db, args.users)
+            return {"verified_pairs": verify(db, docs, predictions, args.verify, rules)}
+        figures = run_round(root, docs, args.timeout, checks)
+    seconds = figures.pop("seconds")
+    fields = {"rows": args.rows, "users": args.users, "store": store_name(), "seconds": round(seconds, 1),
+              "per_submission_ms": round(seconds * 1e3 / args.users, 1)}
+    fields.update((key, round(value, 1) if isinstance(value, float) and key.endswith("_s") else value)
+                  for key, value in figures.items())
     return [result("round", fields, seconds * 1e3, baseline_ms(predictions, args.users, rules))]
