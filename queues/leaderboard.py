@@ -67,10 +67,9 @@ def desired_entry(doc):
 class Leaderboard:
     """The writer: ``touch`` from any thread, ``loop`` on its own."""
 
-    def __init__(self, store, stop, metrics=None, interval=WRITE_INTERVAL):
+    def __init__(self, store, stop, interval=WRITE_INTERVAL):
         self.store = store
         self.stop = stop
-        self.metrics = metrics
         self.interval = interval
         self._dirty = collections.defaultdict(set)
         self._changed = threading.Condition()
