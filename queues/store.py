@@ -37,10 +37,14 @@ log = logging.getLogger(__name__)
 QUEUED, SCORING, DONE, FAILED = "queued", "scoring", "done", "failed"
 #: States in which a submission still has work to do.
 ACTIVE = (QUEUED, SCORING)
+#: States in which a submission has a verdict (or a failure) recorded.
+SETTLED = (DONE, FAILED)
 CHECKS = ("concordant", "original")
 PENDING = {"pending": True}
 #: The leaderboard entry field holding the revision of the submission it shows.
 REV = "criteria_rev"
+#: Fields a judgement writes: a re-score keeps them in ``history`` before judging again.
+JUDGED_FIELDS = ("consistency", "validationLogloss", "concordant", "original", "evidence", "provenance")
 #: Fields of a submission the leaderboard is built from.
 BOARD_FIELDS = {"username": 1, "created": 1, "consistency": 1, "validationLogloss": 1,
                 "concordant": 1, "original": 1, "processing.dispatched": 1, "processing.board": 1,
@@ -214,13 +218,16 @@ class Store:
             self.submissions.update_many({"processing.lease.token": {"$in": list(tokens)}},
                                          {"$set": {"processing.lease.expires": utcnow()}})
 
-    def claimable(self, limit, owners=()):
-        """Ids of active submissions nobody holds (or held by ``owners``), oldest first."""
+    def claimable(self, limit, owners=(), within=None):
+        """Ids of active submissions nobody holds (or held by ``owners``), oldest first.
+
+        ``within`` narrows the search (a re-score looks only at its own run's).
+        """
         now = utcnow()
         free = [{"processing.lease": None}, {"processing.lease.expires": {"$lte": now}}]
         if owners:
             free.append({"processing.lease.owner": {"$in": list(owners)}})
-        found = self.submissions.find({"processing.state": {"$in": list(ACTIVE)}, "$or": free},
+        found = self.submissions.find({**(within or {}), "processing.state": {"$in": list(ACTIVE)}, "$or": free},
                                       {"created": 1, "processing.lease.owner": 1}).sort("created", 1).limit(limit)
         return [(str(doc["_id"]), ((doc.get("processing") or {}).get("lease") or {}).get("owner")) for doc in found]
 
@@ -307,6 +314,96 @@ class Store:
         if not (claim.doc.get("processing") or {}).get("dispatched"):
             fields["processing.dispatched"] = False  # never shown on the leaderboard
         self._write(claim, fields, unset=["processing.lease"])
+
+    def rescore(self, doc, run, token):
+        """DONE or FAILED -> QUEUED for re-score ``run``; the judgement it replaces goes to ``history``.
+
+        One write, conditioned on the revision ``doc`` was read at, so the
+        copy kept is exactly what it replaces, and on the document not
+        carrying ``run`` yet, so a run re-queues a submission at most once
+        however often it is resumed. The contract fields stay as they are
+        until the dispatcher's transition marks the checks pending again.
+        The submission is leased to this process (``token``) like an intake's.
+        True when this call moved it.
+        """
+        processing = doc.get("processing") or {}
+        now = utcnow()
+        kept = {field: doc[field] for field in JUDGED_FIELDS if field in doc}
+        kept.update(run=run, state=processing.get("state"), error=processing.get("error"),
+                    finished_at=processing.get("finished_at"), replaced_at=now)
+        moved = self.submissions.update_one(
+            {"_id": doc["_id"], "processing.state": {"$in": list(SETTLED)}, "processing.rev": processing.get("rev"),
+             "processing.rescore": {"$ne": run}},
+            {"$set": {"processing.state": QUEUED, "processing.queued_at": now, "processing.updated_at": now,
+                      "processing.attempts": 0, "processing.error": None, "processing.rescore": run,
+                      "processing.lease": self._lease(token, now)},
+             "$push": {"history": kept},
+             "$inc": {"processing.fence": 1, "processing.rev": 1}})
+        return bool(moved.modified_count)
+
+    # -- re-score runs: the open one lives in the competition document ----------
+    def round_exists(self, competition_id):
+        """True when any submission belongs to the round."""
+        return self.submissions.find_one({"competition_id": int(competition_id)}, {"_id": 1}) is not None
+
+    def open_rescore(self, competition_id, run):
+        """Open re-score ``run`` (a dict with ``run`` and its request) unless one is open; True when opened.
+
+        The open run is the competition document's ``rescore`` field, set
+        only where it is absent: that one conditional write is the lock
+        that keeps two re-scores of a round from running at once.
+        """
+        self.ensure_competition(competition_id)  # idempotent: a crash after it leaves nothing to finish
+        return bool(self.competitions.update_one({"_id": int(competition_id), "rescore": None},
+                                                 {"$set": {"rescore": run}}).modified_count)
+
+    def open_rescores(self):
+        """``{competition_id: run}`` of every open re-score."""
+        return {doc["_id"]: doc["rescore"] for doc in self.competitions.find({"rescore": {"$ne": None}}, {"rescore": 1})}
+
+    def open_rescore_of(self, competition_id):
+        doc = self.competitions.find_one({"_id": int(competition_id)}, {"rescore": 1, "rescores": 1})
+        return (doc or {}).get("rescore"), (doc or {}).get("rescores") or []
+
+    def drive_rescore(self, competition_id, run, owners=()):
+        """Take or keep the right to drive an open run (its lease); True when this process has it.
+
+        Taken when this process holds it, when it has no lease or an
+        expired one, or when one of ``owners`` (dead processes of this
+        server) held it; one conditional write each, as for a claim.
+        """
+        now = utcnow()
+        lease = {"owner": self.owner, "expires": now + datetime.timedelta(seconds=self.lease_seconds)}
+        conditions = [{"rescore.lease.owner": self.owner}, {"rescore.lease.expires": {"$not": {"$gt": now}}}]
+        conditions += [{"rescore.lease.owner": owner} for owner in owners]
+        for condition in conditions:
+            held = {"_id": int(competition_id), "rescore.run": run, **condition}
+            if self.competitions.update_one(held, {"$set": {"rescore.lease": lease}}).matched_count:
+                return True
+        return False
+
+    def rescore_candidates(self, competition_id, scope, run, limit):
+        """Settled submissions of the run's scope it has not re-queued yet, oldest first (whole documents)."""
+        return list(self.submissions.find({**scope, "processing.state": {"$in": list(SETTLED)},
+                                           "processing.rescore": {"$ne": run}}).sort("created", 1).limit(limit))
+
+    def rescore_left(self, scope, run):
+        """How many submissions of the scope the run has still to re-queue or see settled."""
+        unmarked = self.submissions.count_documents({**scope, "processing.state": {"$exists": True},
+                                                     "processing.rescore": {"$ne": run}})
+        unsettled = self.submissions.count_documents({**scope, "processing.rescore": run,
+                                                      "processing.state": {"$in": list(ACTIVE)}})
+        return unmarked + unsettled
+
+    def rescored(self, competition_id, run):
+        """Every submission of the round that ``run`` re-queued, with its history."""
+        return list(self.submissions.find({"competition_id": int(competition_id), "history.run": run}))
+
+    def close_rescore(self, competition_id, run, summary):
+        """Close the open run ``run``, keeping ``summary`` in ``rescores``; True when this call closed it."""
+        return bool(self.competitions.update_one(
+            {"_id": int(competition_id), "rescore.run": run},
+            {"$unset": {"rescore": ""}, "$push": {"rescores": summary}}).modified_count)
 
     # -- originality ----------------------------------------------------------
     def new_members(self, competition_id, known):

@@ -190,11 +190,9 @@ class Dispatcher(Worker):
                 self.pipeline.put(stage, Job(sid, claim=claim, predictions=job.predictions, verdicts=job.verdicts))
         return "ok"
 
-    def dispatch(self, job):
-        """Consistency and logloss on validation rows, written in one transition."""
-        claim = job.claim
-        doc = claim.doc
-        rnd = self.rounds.get(doc["competition_id"])
+    def measure(self, job, rnd):
+        """Consistency (with its evidence) and logloss on the round's validation rows; writes nothing."""
+        doc = job.claim.doc
         values = self.predictions(job, rnd)
         # Prepared now, while the parsed values are at hand, so later submissions'
         # originality checks find it instead of reading the file again.
@@ -203,8 +201,15 @@ class Dispatcher(Worker):
         valid = tournament.validation
         found = consistency.consistency_evidence(tournament.eras[valid], tournament.targets[valid], values[valid],
                                                  self.rules)
-        score = found["consistency"]
         loss = consistency.logloss(tournament.targets[valid], values[valid], self.rules.logloss_epsilon)
+        return found, loss
+
+    def dispatch(self, job):
+        """Consistency and logloss on validation rows, written in one transition."""
+        claim = job.claim
+        rnd = self.rounds.get(claim.doc["competition_id"])
+        found, loss = self.measure(job, rnd)
+        score = found["consistency"]
         self.store.dispatched(claim, score, loss, self.provenance.fields("consistency", found, rnd, self.rules))
         self.touch_board(claim)
         log.info("%s: consistency %.1f%%, validation logloss %.5f", job.submission_id, score, loss)

@@ -23,6 +23,7 @@ from queues.leaderboard import Leaderboard, desired_entry, newest
 from queues.metrics import Metrics
 from queues.pipeline import CONCORDANCE, DISPATCH, ORIGINALITY, Pipeline
 from queues.recovery import Recovery
+from queues.rescore import Rescorer
 from queues.rounds import Rounds
 from queues.store import ACTIVE, CHECKS, DONE, FAILED, RoundMembers, Store
 from queues.supervisor import Supervisor
@@ -105,6 +106,10 @@ class Node:
                         ORIGINALITY: OriginalityWorker(self.pipeline, **parts)}
         self.recovery = Recovery(self.pipeline, self.store, 60, self.metrics, self.board, self.members,
                                  owner_prefix=HOST, alive=lambda other: other == pid or alive(other))
+        self.rescorer = Rescorer(self.pipeline, self.store, rules, 60,
+                                 judges=(Dispatcher(self.pipeline, **parts), ConcordanceWorker(self.pipeline, **parts),
+                                         OriginalityWorker(self.pipeline, **parts)),
+                                 owner_prefix=HOST, alive=lambda other: other == pid or alive(other))
         supervisor = Supervisor(self.pipeline.stop, self.metrics)
         self.client = create_app(self.store, self.pipeline, Config(api_key=API_KEY), supervisor, self.metrics).test_client()
 
@@ -137,6 +142,15 @@ class Node:
                 ran = True
             if not ran:
                 return
+
+    def rescore(self, passes=20):
+        """Drive every open re-score this node may drive, with the jobs it queues, until none is open."""
+        for _ in range(passes):
+            self.rescorer.step()
+            self.drain()
+            if not self.store.open_rescores():
+                return
+        raise AssertionError("a re-score is still open after %d passes: %s" % (passes, self.store.open_rescores()))
 
     def recover(self):
         """One recovery sweep, then everything it queued."""

@@ -18,6 +18,7 @@ from bson import ObjectId
 from queues.errors import PermanentError
 from queues.files import LocalFiles
 from queues.pipeline import CONCORDANCE
+from scoring.rules import Rules
 
 from tests.queues.harness import Crash, Faults, Node, World, check_quiescent, plain_verdicts
 
@@ -39,7 +40,11 @@ PATHS = {
     "re-POSTed after done": ([("a", "alice", 1), ("b", "bob", "copy 1")], ["post a", "post b", "drain", "post a", "drain"]),
     "older then newer": ([("old", "alice", 1), ("new", "alice", 2)], ["post old", "drain", "post new", "drain"]),
     "newer then older": ([("old", "alice", 1), ("new", "alice", 2)], ["post new", "drain", "post old", "drain"]),
+    # Judged under the default rules by a process that does not crash, then re-scored under a changed one.
+    "re-scored": ([("a", "alice", 1), ("b", "bob", "scaled 1"), ("c", "carol", "broken")], ["rescore"]),
 }
+#: The rule the re-scoring processes run with: the scaled copy passes it, not the default one.
+CHANGED = Rules(correlation_limit=0.9999)
 
 
 @pytest.fixture(scope="module")
@@ -74,25 +79,41 @@ def run_path(setting, model_values, path, fail_at, after):
             ids[name] = world.submit(db, user, raw=b"id,probability\nx,1.5\n")
         elif kind == "copy 1":
             ids[name] = world.submit(db, user, near_copy(model_values[1]))
+        elif kind == "scaled 1":
+            noise = np.random.default_rng(5).normal(0, 0.002, len(model_values[1]))
+            ids[name] = world.submit(db, user, np.clip(0.5 + 1.5 * (model_values[1] - 0.5) + noise, 0.01, 0.99).round(5))
         else:
             ids[name] = world.submit(db, user, model_values[kind])
 
+    rescoring = path == "re-scored"
+
     def node(pid, faults=None):
-        built = Node(db, files, cache_dir, pid, faults)
+        built = Node(db, files, cache_dir, pid, faults, rules=CHANGED if rescoring and pid else None)
         if path == "failed at a check":
             def broken(job, doc, rnd):
                 raise RoundBroken("the round's clusters cannot be compared")
             built.workers[CONCORDANCE].judge = broken
         return built
 
+    answered = set()
+    if rescoring:  # the first judgement, by a process of the old rules that does not crash
+        judge = node(0)
+        for sid in ids.values():
+            assert judge.post(sid).status_code == 202
+            answered.add(sid)
+        judge.drain()
     faults = Faults(fail_at, after)
     first = node(1, faults)
-    answered = set()
     crashed = False
+    requested = False
     try:
         for action in actions:
             if action == "drain":
                 first.drain()
+            elif action == "rescore":
+                first.rescorer.request(41)
+                requested = True
+                first.rescore()
             else:
                 sid = ids[action.split()[1]]
                 assert first.post(sid).status_code == 202
@@ -105,8 +126,12 @@ def run_path(setting, model_values, path, fail_at, after):
     for sid in ids.values():
         if sid not in answered:
             assert second.post(sid).status_code == 202
+    if rescoring and not requested:  # the operator had no answer: asks again
+        second.rescorer.request(41)
     second.drain()
     second.recover()
+    if rescoring:
+        second.rescore()
     return crashed, faults.writes, db, world, ids, node(3)
 
 
@@ -116,6 +141,20 @@ def expected_for(db, files, node, ids):
     groups = node.workers[CONCORDANCE].rounds.groups(rnd)
     rules = node.workers[CONCORDANCE].rules
     return {sid: plain_verdicts(db, files, rules, groups, rnd.tournament, sid) for sid in ids.values()}
+
+
+def check_rescored_once(db, ids):
+    """One run, closed once; every submission judged again by it exactly once, its old judgement kept."""
+    competition = db.competitions.find_one({"_id": 41})
+    assert "rescore" not in competition, competition.get("rescore")
+    runs = [summary["run"] for summary in competition.get("rescores", [])]
+    assert len(runs) == 1, runs
+    for sid in ids.values():
+        doc = db.submissions.find_one({"_id": ObjectId(sid)})
+        assert [entry["run"] for entry in doc.get("history", [])] == runs, (sid, doc.get("history"))
+        assert doc["history"][0]["state"] in ("done", "failed")
+    assert competition["rescores"][0]["submissions"] == len(ids)
+    assert competition["rescores"][0]["changed"] >= 1, "the changed rule must flip a verdict"
 
 
 @pytest.mark.parametrize("after", [False, True], ids=["write lost", "answer lost"])
@@ -130,6 +169,8 @@ def test_a_crash_at_every_write_is_recovered(setting, model_values, path, after)
             if path == "failed at a check":
                 expected = dict.fromkeys(expected)  # every submission ends failed
             check_quiescent(db, expected)
+            if path == "re-scored":
+                check_rescored_once(db, ids)
         except AssertionError as exc:
             raise AssertionError("%s, crash at write %d (%s): %s" % (path, k, "after" if after else "before", exc)) from exc
         finally:

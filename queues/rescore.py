@@ -1,0 +1,298 @@
+"""Re-scoring a round: every verdict judged again by the same pipeline, the old one kept, the changes listed.
+
+A run is one more set of transitions of the state machine in
+:mod:`queues.store`, each one conditional write:
+
+- *open*: the competition document's ``rescore`` field is set, only
+  where it is absent, so a round never has two runs at once;
+- *re-queue*, per submission of the run's scope, oldest first:
+  DONE/FAILED -> QUEUED (:meth:`Store.rescore`), the judgement it
+  replaces kept in the submission's ``history``; then the usual
+  dispatched -> judged (or failed) transitions of the pipeline;
+- *close*, once every submission of the scope is re-queued and settled:
+  the ``rescore`` field is removed and a summary pushed to ``rescores``.
+
+Every step is conditioned so that repeating it does nothing, and the run
+carries a lease (``rescore.lease``) saying which process drives it. So
+a run stopped at any instant is finished by whoever drives it next: the
+process that opened it, a restart of it, ``./server rescore`` run again,
+or any server's rescorer once the lease has expired. Re-queued
+submissions whose process died are claimed back like any other.
+
+The differences are never stored separately: they are re-derived from
+the documents, comparing each submission's judgement before the run (its
+history entry for the run) with the one after it (the next history
+entry, or the document as it is). A dry run judges in memory with the
+same workers' code and writes nothing.
+"""
+import dataclasses
+import logging
+import threading
+
+from bson import ObjectId
+
+from queues.errors import PERMANENT, reason
+from queues.pipeline import DISPATCH, Job
+from queues.recovery import process_alive
+from queues.store import DONE, FAILED, Claim, utcnow
+from queues.workers import check_document
+
+log = logging.getLogger(__name__)
+
+#: At most this many of a run's submissions waiting in this process's dispatch queue.
+RUN_BATCH = 200
+
+
+class NoSuchRound(LookupError):
+    """The round has no submissions, or a listed id is not one of its submissions."""
+
+
+def scope(run):
+    """The filter naming the run's submissions: those listed, else the round's up to the request."""
+    found = {"competition_id": int(run["competition_id"])}
+    if run.get("only"):
+        found["_id"] = {"$in": [ObjectId(sid) for sid in run["only"]]}
+    else:  # later submissions are judged under the rules in force anyway
+        found["created"] = {"$lt": run["requested_at"]}
+    return found
+
+
+def judgement(fields, processing=None):
+    """What a verdict is, for comparing two of them: state, consistency, both checks, the error."""
+    processing = processing if processing is not None else fields
+    return {"state": processing.get("state"), "consistency": fields.get("consistency"),
+            "concordant": (fields.get("concordant") or {}).get("value"),
+            "original": (fields.get("original") or {}).get("value"),
+            "error": processing.get("error")}
+
+
+def before_after(doc, run):
+    """The submission's judgement replaced by ``run`` and the one that followed it."""
+    history = doc.get("history") or []
+    for position, entry in enumerate(history):
+        if entry.get("run") == run:
+            later = history[position + 1] if position + 1 < len(history) else None
+            if later is None:
+                return entry, judgement(doc, doc.get("processing") or {}), doc
+            return entry, judgement(later), later
+    raise LookupError("submission %s was not re-queued by run %s" % (doc["_id"], run))
+
+
+def change(doc, before, after, before_fields, after_fields):
+    """One line of a diff: who, the two judgements and the evidence and rules behind each."""
+    return {"submission_id": str(doc["_id"]), "username": doc.get("username"), "created": doc.get("created"),
+            "before": before, "after": after,
+            "evidence": {"before": before_fields.get("evidence"), "after": after_fields.get("evidence")},
+            "rules": {"before": (before_fields.get("provenance") or {}).get("rules"),
+                      "after": (after_fields.get("provenance") or {}).get("rules")}}
+
+
+def differences(docs, run):
+    """Every submission whose judgement ``run`` changed, oldest first."""
+    found = []
+    for doc in sorted(docs, key=lambda d: (d.get("created") is None, d.get("created"), d["_id"])):
+        kept, after, after_fields = before_after(doc, run)
+        before = judgement(kept)
+        if before != after:
+            found.append(change(doc, before, after, kept, after_fields))
+    return found
+
+
+def word(value):
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, float):
+        return "%.4g" % value
+    return "none" if value is None else str(value)
+
+
+def describe(entry):
+    """One line a person reads: ``<id> <user>: original true -> false; concordant true``."""
+    before, after = entry["before"], entry["after"]
+    parts = []
+    for field in ("state", "concordant", "original", "consistency", "error"):
+        if before.get(field) != after.get(field):
+            parts.append("%s %s -> %s" % (field, word(before.get(field)), word(after.get(field))))
+    return "%s %s: %s" % (entry["submission_id"], entry.get("username"), "; ".join(parts))
+
+
+class Rescorer:
+    """Opens runs, drives the open ones through the pipeline, closes them; and dry runs.
+
+    ``judges`` is ``(dispatcher, concordance, originality)`` workers whose
+    measuring code a dry run calls directly; ``owner_prefix`` names this
+    server's earlier processes, whose runs and leases a restart takes back
+    at once.
+    """
+
+    def __init__(self, pipeline, store, rules, period, judges=None, owner_prefix=None, alive=process_alive,
+                 batch=RUN_BATCH, requested_by=""):
+        self.pipeline = pipeline
+        self.store = store
+        self.rules = rules
+        self.period = period
+        self.judges = judges
+        self.owner_prefix = owner_prefix
+        self.alive = alive
+        self.batch = batch
+        self.requested_by = requested_by or store.owner
+        self.wake = threading.Event()
+        self.orphans = None
+
+    # -- opening ----------------------------------------------------------------
+    def check_scope(self, competition_id, only):
+        """NoSuchRound unless the round has submissions and every listed id is one of them."""
+        if not self.store.round_exists(competition_id):
+            raise NoSuchRound("round %d has no submissions" % competition_id)
+        if only:
+            found = {str(doc["_id"]) for doc in self.store.submissions.find(
+                {"competition_id": int(competition_id), "_id": {"$in": [ObjectId(sid) for sid in only]}}, {"_id": 1})}
+            strangers = [sid for sid in only if sid not in found]
+            if strangers:
+                raise NoSuchRound("not submissions of round %d: %s" % (competition_id, ", ".join(strangers)))
+
+    def request(self, competition_id, only=None):
+        """Open a run of the round; ``(run, True)``, or ``(the open run, False)`` when one is open."""
+        self.check_scope(competition_id, only)
+        run = {"run": ObjectId(), "competition_id": int(competition_id), "only": sorted(set(only)) if only else None,
+               "requested_at": utcnow(), "requested_by": self.requested_by,
+               "rules": dataclasses.asdict(self.rules)}
+        if self.store.open_rescore(competition_id, run):
+            log.info("round %s: re-score %s opened (%s)", competition_id, run["run"],
+                     "%d listed submissions" % len(run["only"]) if run["only"] else "every submission")
+            self.wake.set()
+            return run, True
+        current, _ = self.store.open_rescore_of(competition_id)
+        return current, False
+
+    # -- driving ----------------------------------------------------------------
+    def dead_owners(self):
+        """Earlier processes of this server that held submissions or a run; found once, like the sweep's."""
+        if self.orphans is None:
+            dead = set(self.store.orphaned_owners(self.owner_prefix, self.alive)) if self.owner_prefix else set()
+            for run in self.store.open_rescores().values():
+                owner = (run.get("lease") or {}).get("owner")
+                if self.is_dead_self(owner):
+                    dead.add(owner)
+            self.orphans = sorted(dead)
+        return self.orphans
+
+    def is_dead_self(self, owner):
+        """True for ``<owner_prefix><pid>`` of a process that is no longer running (not this one)."""
+        if not (isinstance(owner, str) and self.owner_prefix and owner.startswith(self.owner_prefix)):
+            return False
+        pid = owner[len(self.owner_prefix):]
+        return owner != self.store.owner and pid.isdigit() and not self.alive(int(pid))
+
+    def step(self):
+        """Drive every open run this process may drive; returns the ids of the runs closed."""
+        closed = []
+        owners = self.dead_owners()
+        for competition_id, run in self.store.open_rescores().items():
+            if self.drive(competition_id, run, owners):
+                closed.append(run["run"])
+        return closed
+
+    def room(self):
+        return self.batch - self.pipeline.depth(DISPATCH)
+
+    def drive(self, competition_id, run, owners=()):
+        """One pass over a run: keep its lease, queue what is left, close it when all is settled."""
+        rid = run["run"]
+        if not self.store.drive_rescore(competition_id, rid, owners):
+            return False  # another live process drives it
+        within = scope(run)
+        if self.room() > 0:  # re-queued earlier by a process that is gone: claim them back
+            for sid, owner in self.store.claimable(self.room(), owners, within={**within, "processing.rescore": rid}):
+                if not self.pipeline.anywhere(sid):
+                    claim = self.store.claim(sid, owner=owner if owner in owners else None)
+                    if claim is not None:
+                        self.pipeline.put(DISPATCH, Job(sid, claim=claim))
+        if self.room() > 0:
+            for doc in self.store.rescore_candidates(competition_id, within, rid, self.room()):
+                sid = str(doc["_id"])
+                if self.pipeline.anywhere(sid):
+                    continue
+                token = ObjectId()
+                if self.store.rescore(doc, rid, token):
+                    self.pipeline.put(DISPATCH, Job(sid, token=token))
+                    log.info("%s: re-queued for re-score %s of round %s", sid, rid, competition_id)
+        if self.store.rescore_left(within, rid):
+            return False
+        return self.close(competition_id, run)
+
+    def close(self, competition_id, run):
+        """Close the run with its summary; True when this call closed it."""
+        rid = run["run"]
+        docs = self.store.rescored(competition_id, rid)
+        changed = differences(docs, rid)
+        summary = {key: run.get(key) for key in ("run", "only", "requested_at", "requested_by", "rules")}
+        summary.update(closed_at=utcnow(), closed_by=self.store.owner, submissions=len(docs), changed=len(changed))
+        if not self.store.close_rescore(competition_id, rid, summary):
+            return False
+        log.info("round %s: re-score %s finished: %d submissions judged again, %d changed",
+                 competition_id, rid, len(docs), len(changed))
+        for entry in changed:
+            log.info("%s: re-score %s changed it: %s", entry["submission_id"], rid, describe(entry))
+        return True
+
+    def loop(self):
+        """Drive open runs every ``period`` seconds (at once when woken by a request) until stopped."""
+        stop = self.pipeline.stop
+        while not stop.is_set():
+            try:
+                self.step()
+            except Exception as exc:  # the database may be away: the next pass retries
+                log.warning("re-score pass failed (%s: %s); next try in %.0fs", type(exc).__name__, exc, self.period)
+            self.wake.wait(self.period)
+            self.wake.clear()
+
+    # -- reading ------------------------------------------------------------------
+    def status(self, competition_id, run_id=None):
+        """The open run with what is left of it, or a finished one (the last, or ``run_id``) with its changes."""
+        current, finished = self.store.open_rescore_of(competition_id)
+        if current is not None and run_id in (None, current["run"]):
+            left = self.store.rescore_left(scope(current), current["run"])
+            return dict(current, status="running", left=left)
+        chosen = [run for run in finished if run_id in (None, run.get("run"))]
+        if not chosen:
+            return None
+        summary = chosen[-1]
+        changes = differences(self.store.rescored(competition_id, summary["run"]), summary["run"])
+        return dict(summary, status="finished", changes=changes)
+
+    # -- dry run ------------------------------------------------------------------
+    def dry_run(self, competition_id, only=None):
+        """What a run would change, judged in memory now; writes nothing. ``{submissions, changes}``."""
+        self.check_scope(competition_id, only)
+        run = {"competition_id": competition_id, "only": only, "requested_at": utcnow()}
+        docs = list(self.store.submissions.find({**scope(run), "processing.state": {"$in": [DONE, FAILED]}})
+                    .sort([("created", 1), ("_id", 1)]))
+        changes = []
+        for doc in docs:
+            before = judgement(doc, doc.get("processing") or {})
+            after, evidence = self.rejudge(doc)
+            if before != after:
+                changes.append(change(doc, before, after, doc, {"evidence": evidence,
+                                                                "provenance": {"rules": dataclasses.asdict(self.rules)}}))
+        return {"competition_id": competition_id, "dry_run": True, "submissions": len(docs), "changed": len(changes),
+                "rules": dataclasses.asdict(self.rules), "changes": changes}
+
+    def rejudge(self, doc):
+        """Judge one submission again in memory with the workers' own code: ``(judgement, evidence)``."""
+        dispatcher, concordance, originality = self.judges
+        sid = str(doc["_id"])
+        job = Job(sid, claim=Claim(doc, None))
+        try:
+            check_document(doc, sid)
+            rnd = dispatcher.rounds.get(doc["competition_id"])
+            found, _ = dispatcher.measure(job, rnd)
+            concordant, concordance_found = concordance.judge(job, doc, rnd)
+            original, originality_found = originality.judge(job, doc, rnd)
+        except PERMANENT as exc:
+            return {"state": FAILED, "consistency": doc.get("consistency"), "concordant": None, "original": None,
+                    "error": reason(exc)}, None
+        evidence = {"consistency": found, "concordance": concordance_found, "originality": originality_found}
+        return {"state": DONE, "consistency": found["consistency"], "concordant": bool(concordant),
+                "original": bool(original), "error": None}, evidence
+
