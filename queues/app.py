@@ -24,6 +24,7 @@ from queues.intake import Acceptor
 from queues.pipeline import DISPATCH, STAGES, Job
 from queues.report import HEADERS as REPORT_HEADERS
 from queues.report import Reports
+from queues.rescore import NoSuchRound
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +48,7 @@ KEY_IN_HEADER_OR_BASIC = "send it in the X-API-Key header, or as the password of
 ANSWERS = {
     "/": (202, 400, 401, 404, 405, 413, 500, 503),
     "/submissions/<submission_id>": (200, 400, 401, 404, 429, 500, 503),
+    "/rounds/<competition_id>/rescore": (200, 202, 400, 401, 404, 409, 500, 503),
     "/health": (200, 503),
     "/metrics": (200,),
     "other": (404,),
@@ -256,11 +258,34 @@ def summary(doc):
     return body
 
 
-def create_app(store, pipeline, config, supervisor, metrics, rounds=None):
+def optional_body():
+    """The request fields, or none at all for an empty body."""
+    return read_body() if request.get_data(cache=True).strip() else {}
+
+
+def check_only(value):
+    """The optional list of submission ids a re-score is limited to; 400 unless it is one."""
+    if value is None:
+        return None
+    if not isinstance(value, list) or not value:
+        raise Refused(400, "only, when given, must be a non-empty list of submission ids")
+    return sorted({check_id(sid) for sid in value})
+
+
+def check_flag(value, name):
+    if value is None:
+        return False
+    if not isinstance(value, bool):
+        raise Refused(400, "%s, when given, must be true or false" % name)
+    return value
+
+
+def create_app(store, pipeline, config, supervisor, metrics, rounds=None, rescorer=None):
     """Build the Flask app around the given store, pipeline, config and monitors.
 
     ``rounds`` (queues.rounds.Rounds) lets the report page read predictions
     for its distribution plot; without it the page leaves that plot out.
+    ``rescorer`` (queues.rescore.Rescorer) serves ``/rounds/<id>/rescore``.
     """
     app = Flask(__name__)
     app.config["MAX_CONTENT_LENGTH"] = MAX_BODY_BYTES
@@ -388,5 +413,49 @@ def create_app(store, pipeline, config, supervisor, metrics, rounds=None):
             page, status = reports.error(exc.status, exc.message), exc.status
             headers = {"WWW-Authenticate": 'Basic realm="submission-criteria"'} if status == 401 else {}
         return Response(page, status=status, content_type="text/html; charset=utf-8", headers={**REPORT_HEADERS, **headers})
+
+    # -- re-scoring a round: an operator's request, answered at once; the run goes on in the background --
+    def rescore_round_id(competition_id):
+        if rescorer is None:
+            raise Refused(404, "this server does not re-score rounds")
+        found = check_round(competition_id)
+        if found is None:
+            raise Refused(400, "the round must be a number such as 41")
+        return found
+
+    @app.post("/rounds/<competition_id>/rescore")
+    def rescore_round(competition_id):
+        body = optional_body()
+        given = body.get("api_key")
+        check_key(request.headers.get("X-API-Key") if given is None else given, config.api_key,
+                  KEY_IN_BODY, config.local)
+        competition_id = rescore_round_id(competition_id)
+        only = check_only(body.get("only"))
+        try:
+            if check_flag(body.get("dry_run"), "dry_run"):
+                return jsonify(public(rescorer.dry_run(competition_id, only)))
+            run, opened = rescorer.request(competition_id, only)
+        except NoSuchRound as exc:
+            raise Refused(404, str(exc)) from None
+        where = "/rounds/%d/rescore" % competition_id
+        if not opened:
+            raise Refused(409, "round %d is being re-scored already (run %s, requested at %s by %s); GET %s "
+                               "shows its progress, and a new run can start once it has finished"
+                          % (competition_id, run["run"], public(run.get("requested_at")), run.get("requested_by"), where))
+        log.info("round %s: re-score %s requested over HTTP", competition_id, run["run"])
+        body = public({key: run.get(key) for key in ("run", "competition_id", "only", "requested_at", "rules")})
+        return jsonify(status="running", **body), 202, {"Location": where + "?run=%s" % run["run"]}
+
+    @app.get("/rounds/<competition_id>/rescore")
+    def rescore_status(competition_id):
+        check_key(request.headers.get("X-API-Key"), config.api_key, KEY_IN_HEADER, config.local)
+        competition_id = rescore_round_id(competition_id)
+        run_id = request.args.get("run")
+        if run_id is not None and not ObjectId.is_valid(run_id):
+            raise Refused(400, "run must be the id a re-score request answered with")
+        found = rescorer.status(competition_id, ObjectId(run_id) if run_id else None)
+        if found is None:
+            raise Refused(404, "round %d has no re-score%s" % (competition_id, " %s" % run_id if run_id else ""))
+        return jsonify(public(found))
 
     return app

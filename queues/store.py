@@ -382,6 +382,10 @@ class Store:
                 return True
         return False
 
+    def release_rescores(self):
+        """Give up driving any run this process drives (stopping): another process may take it at once."""
+        self.competitions.update_many({"rescore.lease.owner": self.owner}, {"$set": {"rescore.lease.expires": utcnow()}})
+
     def rescore_candidates(self, competition_id, scope, run, limit):
         """Settled submissions of the run's scope it has not re-queued yet, oldest first (whole documents)."""
         return list(self.submissions.find({**scope, "processing.state": {"$in": list(SETTLED)},

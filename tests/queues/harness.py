@@ -111,7 +111,8 @@ class Node:
                                          OriginalityWorker(self.pipeline, **parts)),
                                  owner_prefix=HOST, alive=lambda other: other == pid or alive(other))
         supervisor = Supervisor(self.pipeline.stop, self.metrics)
-        self.client = create_app(self.store, self.pipeline, Config(api_key=API_KEY), supervisor, self.metrics).test_client()
+        self.client = create_app(self.store, self.pipeline, Config(api_key=API_KEY), supervisor, self.metrics,
+                                 rescorer=self.rescorer).test_client()
 
     def post(self, submission_id):
         return self.client.post("/", json={"submission_id": submission_id, "api_key": API_KEY})

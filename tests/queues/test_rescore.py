@@ -19,7 +19,7 @@ from queues.rescore import NoSuchRound, describe, differences, judgement, scope
 from queues.store import DONE, FAILED
 from scoring.rules import Rules
 
-from tests.queues.harness import ROUND, Faults, Node, World, check_quiescent, expire_leases, plain_verdicts
+from tests.queues.harness import API_KEY, ROUND, Faults, Node, World, check_quiescent, expire_leases, plain_verdicts
 
 #: The changed rule: a looser correlation limit, which the strongly correlated
 #: but differently spread submission passes and the near copy does not.
@@ -207,3 +207,33 @@ def test_scope_without_a_list_stops_at_the_request():
     assert scope(run) == {"competition_id": 41, "created": {"$lt": "t"}}
     listed = ObjectId()
     assert scope(dict(run, only=[str(listed)])) == {"competition_id": 41, "_id": {"$in": [listed]}}
+
+
+def test_the_http_endpoint_opens_a_run_refuses_a_second_and_shows_the_changes(judged):
+    db, files, cache, world, ids = judged
+    node = Node(db, files, cache, pid=2, rules=LOOSER)
+    key = {"X-API-Key": API_KEY}
+    assert node.client.post("/rounds/41/rescore", headers={"X-API-Key": "wrong"}).status_code == 401
+    assert node.client.post("/rounds/41/rescore", headers=key, json={"only": "x"}).status_code == 400
+    assert node.client.post("/rounds/41/rescore", headers=key, json={"dry_run": "yes"}).status_code == 400
+    missing = node.client.post("/rounds/42/rescore", headers=key)
+    assert missing.status_code == 404 and "round 42 has no submissions" in missing.get_json()["error"]
+    assert node.client.get("/rounds/41/rescore", headers=key).status_code == 404  # never re-scored
+
+    foretold = node.client.post("/rounds/41/rescore", json={"api_key": API_KEY, "dry_run": True})
+    assert foretold.status_code == 200 and db.competitions.find_one({"_id": ROUND}).get("rescore") is None
+    opened = node.client.post("/rounds/41/rescore", headers=key)
+    assert opened.status_code == 202, opened.get_json()
+    run = opened.get_json()["run"]
+    assert opened.headers["Location"] == "/rounds/41/rescore?run=%s" % run
+    second = node.client.post("/rounds/41/rescore", headers=key, json={"only": [ids["alice"]]})
+    assert second.status_code == 409 and run in second.get_json()["error"]
+    running = node.client.get("/rounds/41/rescore", headers=key).get_json()
+    assert running["status"] == "running" and running["left"] == len(ids)
+
+    node.rescore()
+    finished = node.client.get("/rounds/41/rescore?run=%s" % run, headers=key).get_json()
+    assert finished["status"] == "finished" and finished["run"] == run
+    assert [(e["submission_id"], e["after"]) for e in finished["changes"]] == \
+           [(e["submission_id"], e["after"]) for e in foretold.get_json()["changes"]]
+    assert finished["changes"] and "api_key" not in str(finished) and API_KEY not in str(finished)
