@@ -63,9 +63,8 @@ class Service(BaseApplication):
     def __init__(self, build, options):
         self.build = build
         self.options = options
-        self._stop = None
+        self._asked = threading.Event()
         self._stopping = None
-        self._lock = threading.Lock()
         super().__init__()
 
     def load_config(self):
@@ -74,23 +73,32 @@ class Service(BaseApplication):
         self.cfg.set("worker_exit", self._worker_exit)
 
     def load(self):
-        """Build the service in the worker; its SIGTERM now also starts the pipeline's stop."""
-        app, self._stop = self.build()
+        """Build the service in the worker; its SIGTERM now also starts the pipeline's stop.
+
+        The stop runs on a thread started here, which waits for the flag the
+        signal handler sets: a handler that started a thread itself could be
+        interrupted by the next signal (the arbiter forwards one while the
+        first is handled) and deadlock on its own lock.
+        """
+        app, stop = self.build()
+        self._stopping = threading.Thread(target=self._stop_when_asked, args=(stop,), name="stopping", daemon=True)
+        self._stopping.start()
         previous = signal.getsignal(signal.SIGTERM)  # gunicorn's: stop taking requests
 
         def on_term(signum, frame):
-            self.begin_stop()
+            self._asked.set()
             if callable(previous):
                 previous(signum, frame)
         signal.signal(signal.SIGTERM, on_term)
         return app
 
+    def _stop_when_asked(self, stop):
+        self._asked.wait()
+        stop()
+
     def begin_stop(self):
-        """Start ``stop`` once, on a thread of its own (a signal handler must return at once)."""
-        with self._lock:
-            if self._stopping is None and self._stop is not None:
-                self._stopping = threading.Thread(target=self._stop, name="stopping", daemon=True)
-                self._stopping.start()
+        """Ask for the stop (once, however often asked); returns the thread that runs it."""
+        self._asked.set()
         return self._stopping
 
     def _worker_exit(self, server, worker):

@@ -36,10 +36,11 @@ def test_the_pipeline_stops_once_from_the_first_sigterm_to_the_worker_exit():
     """The stop starts at SIGTERM (so ?wait= requests answer at once) and worker exit waits for that same stop."""
     import signal
     import threading
-    release, calls = threading.Event(), []
+    release, entered, calls = threading.Event(), threading.Event(), []
 
     def stop():
         calls.append(threading.current_thread().name)
+        entered.set()
         release.wait(10)
     service = serve.Service(lambda: ("app", stop), {"bind": "127.0.0.1:%d" % free_port()})
     before = signal.getsignal(signal.SIGTERM)
@@ -47,9 +48,13 @@ def test_the_pipeline_stops_once_from_the_first_sigterm_to_the_worker_exit():
         assert service.load() == "app"
         handler = signal.getsignal(signal.SIGTERM)
         assert handler is not before
-        handler(signal.SIGTERM, None)  # as the worker's signal arrives
+        threads = threading.active_count()
+        handler(signal.SIGTERM, None)  # as the worker's signal arrives, then the arbiter's forwarded one
         handler(signal.SIGTERM, None)
+        assert threading.active_count() == threads  # a handler only sets a flag: it starts nothing it could block on
+        assert release.is_set() is False
         first = service.begin_stop()
+        assert entered.wait(10)
         assert first is not None and first.is_alive() and calls == ["stopping"]
         release.set()
         service._worker_exit(None, None)
