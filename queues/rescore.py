@@ -29,6 +29,7 @@ import dataclasses
 import json
 import logging
 import threading
+import time
 
 from bson import ObjectId
 
@@ -43,6 +44,10 @@ log = logging.getLogger(__name__)
 
 #: At most this many of a run's submissions waiting in this process's dispatch queue.
 RUN_BATCH = 200
+#: How often a process driving a run looks whether the run can close.
+DRIVE_SECONDS = 1.0
+#: How often the loop looks at the stop flag and for a request while it waits.
+POLL_SECONDS = 0.2
 
 
 class NoSuchRound(LookupError):
@@ -140,6 +145,7 @@ class Rescorer:
         self.requested_by = requested_by or store.owner
         self.wake = threading.Event()
         self.orphans = None
+        self.driving = set()  # rounds whose open run this process drove at its last pass
 
     # -- opening ----------------------------------------------------------------
     def check_scope(self, competition_id, only):
@@ -202,7 +208,9 @@ class Rescorer:
         """One pass over a run: keep its lease, queue what is left, close it when all is settled."""
         rid = run["run"]
         if not self.store.drive_rescore(competition_id, rid, owners):
+            self.driving.discard(competition_id)
             return False  # another live process drives it
+        self.driving.add(competition_id)
         within = scope(run)
         if self.room() > 0:  # re-queued earlier by a process that is gone: claim them back
             for sid, owner in self.store.claimable(self.room(), owners, within={**within, "processing.rescore": rid}):
@@ -230,6 +238,7 @@ class Rescorer:
         changed = differences(docs, rid)
         summary = {key: run.get(key) for key in ("run", "only", "requested_at", "requested_by", "rules")}
         summary.update(closed_at=utcnow(), closed_by=self.store.owner, submissions=len(docs), changed=len(changed))
+        self.driving.discard(competition_id)
         if not self.store.close_rescore(competition_id, rid, summary):
             return False
         log.info("round %s: re-score %s finished: %d submissions judged again, %d changed",
@@ -237,6 +246,12 @@ class Rescorer:
         for entry in changed:
             log.info("%s: re-score %s changed it: %s", entry["submission_id"], rid, describe(entry))
         return True
+
+    def release(self):
+        """Stopping: let another process drive this one's runs at once instead of when the lease expires."""
+        if self.driving:
+            self.store.release_rescores()
+            self.driving.clear()
 
     def loop(self):
         """Drive open runs every ``period`` seconds (at once when woken by a request) until stopped."""
@@ -246,7 +261,10 @@ class Rescorer:
                 self.step()
             except Exception as exc:  # the database may be away: the next pass retries
                 log.warning("re-score pass failed (%s: %s); next try in %.0fs", type(exc).__name__, exc, self.period)
-            self.wake.wait(self.period)
+            # While this process drives a run, look again soon: its last submissions settle any moment.
+            deadline = time.monotonic() + (min(self.period, DRIVE_SECONDS) if self.driving else self.period)
+            while not (stop.is_set() or self.wake.wait(POLL_SECONDS)) and time.monotonic() < deadline:
+                pass  # a request wakes the loop at once; a stop ends it within POLL_SECONDS
             self.wake.clear()
 
     # -- reading ------------------------------------------------------------------
