@@ -233,4 +233,15 @@ def explanation(doc, public):
         "sentences": sentences(doc),
         "evidence": {check: current_evidence(doc, check) for check in CHECKS},
         "provenance": public(doc.get("provenance")),
+        "history": [public(earlier_judgement(entry)) for entry in doc.get("history") or []],
     }
+
+
+def earlier_judgement(entry):
+    """A judgement a re-score replaced, as /explain lists it: the verdicts and what produced them."""
+    provenance = entry.get("provenance") or {}
+    return {"rescore_run": entry.get("run"), "replaced_at": entry.get("replaced_at"), "status": entry.get("state"),
+            "error": entry.get("error"), "consistency": entry.get("consistency"),
+            "verdicts": {check: entry.get(VERDICT_FIELD[check]) for check in CHECKS if check != "consistency"},
+            "rules": provenance.get("rules"), "dataset_version": provenance.get("dataset_version"),
+            "scorer_version": provenance.get("scorer_version"), "judged_at": provenance.get("judged_at")}

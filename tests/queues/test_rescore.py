@@ -237,3 +237,11 @@ def test_the_http_endpoint_opens_a_run_refuses_a_second_and_shows_the_changes(ju
     assert [(e["submission_id"], e["after"]) for e in finished["changes"]] == \
            [(e["submission_id"], e["after"]) for e in foretold.get_json()["changes"]]
     assert finished["changes"] and "api_key" not in str(finished) and API_KEY not in str(finished)
+    bob = finished["changes"][0]["submission_id"]
+    explained = node.client.get("/submissions/%s/explain" % bob, headers=key).get_json()
+    assert [entry["rescore_run"] for entry in explained["history"]] == [run]
+    earlier = explained["history"][0]
+    assert earlier["rules"] == dataclasses.asdict(Rules()) and explained["provenance"]["rules"] == dataclasses.asdict(LOOSER)
+    assert earlier["verdicts"]["originality"]["value"] == finished["changes"][0]["before"]["original"]
+    page = node.client.get("/submissions/%s/report" % bob, headers=key).get_data(as_text=True)
+    assert "Earlier judgements" in page and str(run) in page and "correlation_limit=0.95" in page
