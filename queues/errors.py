@@ -14,8 +14,7 @@ import re
 import botocore.exceptions
 import pymongo.errors
 
-from scoring.dataset import DatasetError
-from scoring.submission import SubmissionError
+from scoring.errors import DataError
 
 
 class PermanentError(Exception):
@@ -34,8 +33,11 @@ class DatasetChanged(ConnectionError):
     """The round's dataset was replaced while being read: try again (transient)."""
 
 
-#: Failures of the inputs themselves: retrying cannot help.
-PERMANENT = (PermanentError, SubmissionError, DatasetError)
+#: Failures of the inputs themselves: retrying cannot help. ``DataError`` is what
+#: ``scoring`` raises about data (a broken file, a round's data, predictions of the
+#: wrong length), SubmissionError and DatasetError included; any other ValueError
+#: is a bug and is recorded as an internal error.
+PERMANENT = (PermanentError, DataError)
 
 #: botocore's connection-level failures: endpoint, proxy, TLS, closed, timeouts.
 _TRANSIENT_AWS = (botocore.exceptions.ConnectionError, botocore.exceptions.HTTPClientError)

@@ -36,6 +36,7 @@ import threading
 
 import numpy as np
 
+from scoring.errors import DataError
 from scoring.evidence import CLOSEST, OFFENDER_CAP, originality_evidence, originality_record, ranked_correlation
 from scoring.originality import is_constant, pearson, too_correlated
 from scoring.rules import Rules
@@ -370,9 +371,10 @@ class PreparedRound:
         """Prepare ``values`` (float64 in round row order) under ``key``.
 
         An existing key is replaced, or left alone when its values are
-        provably identical. Raises ValueError for values of the wrong
-        length, non-finite values, or values that could not be recovered
-        exactly later because no ``fetch_exact`` was given.
+        provably identical. Raises :class:`~scoring.errors.DataError` for
+        values of the wrong length or non-finite values, and ValueError (a
+        caller's bug) for values that could not be recovered exactly later
+        because no ``fetch_exact`` was given.
         """
         values = self._validated(values, setting_up=True)
         vector = prepare(values, self._grid, self._blocks)
@@ -393,14 +395,14 @@ class PreparedRound:
     def _validated(self, values, setting_up=False):
         values = np.ascontiguousarray(values, dtype=np.float64)
         if values.ndim != 1 or values.size == 0:
-            raise ValueError("predictions must be a non-empty 1-d array")
+            raise DataError("predictions must be a non-empty 1-d array")
         if not np.all(np.isfinite(values)):
-            raise ValueError("predictions must be finite")
+            raise DataError("predictions must be finite numbers")
         with self._lock:
             if self._n is None and setting_up:
                 self._set_round(values)
             if values.size != self._n:
-                raise ValueError("this round has %s rows, got %d" % (self._n, values.size))
+                raise DataError("this round has %s rows, the predictions have %d" % (self._n, values.size))
         return values
 
     def _set_round(self, values):

@@ -400,6 +400,35 @@ def test_a_bug_is_recorded_as_an_internal_error_and_the_loop_goes_on(
     assert not pipeline.in_flight(DISPATCH, first) and not pipeline.in_flight(DISPATCH, second)
 
 
+def test_bad_data_found_by_scoring_fails_with_its_reason_not_an_internal_error(submit, store, pipeline, stages,
+                                                                               model, monkeypatch):
+    """scoring's DataError (here: consistency given no validation eras) is the data's fault: a permanent
+    failure whose reason a person can read, where before any ValueError became "internal error"."""
+    real = workers.consistency.consistency_evidence
+
+    def no_eras(eras, targets, values, rules):
+        return real(eras[:0], targets[:0], values[:0], rules)  # the real rule, on data it cannot judge
+
+    monkeypatch.setattr(workers.consistency, "consistency_evidence", no_eras)
+    sid = submit("alice", model(1))
+    assert score(store, pipeline, stages, sid) == [(DISPATCH, sid, "failed")]
+    doc = store.get(sid)
+    assert doc["processing"]["error"] == "no validation eras to judge consistency on"
+    assert "internal error" not in doc["original"]["error"]
+
+
+def test_a_plain_value_error_is_still_an_internal_error(submit, store, pipeline, stages, model, monkeypatch):
+    """Only scoring's DataError is the data's fault; a ValueError from anywhere else is a bug."""
+    def bug(*args, **kwargs):
+        raise ValueError("an index went wrong")
+
+    monkeypatch.setattr(workers.consistency, "consistency_evidence", bug)
+    sid = submit("alice", model(1))
+    assert score(store, pipeline, stages, sid) == [(DISPATCH, sid, "failed")]
+    error = store.get(sid)["processing"]["error"]
+    assert "internal error" in error and "ValueError" in error and "index went wrong" not in error
+
+
 def test_a_finished_submission_is_not_judged_again_by_a_stale_job(submit, store, pipeline, stages, model, monkeypatch):
     sid = submit("alice", model(1))
     token = accept(store, sid)

@@ -14,6 +14,7 @@ import pytest
 import scipy.stats
 
 from scoring import originality
+from scoring.errors import DataError
 from scoring.ks import ks_counts, ks_statistic
 from scoring.prepared import (
     BLOCK,
@@ -430,12 +431,15 @@ def test_add_replace_remove_and_errors():
     assert prepared.is_original(a, ["k"]) is originality.is_original(a, [b])
     with pytest.raises(KeyError):
         prepared.is_original(a, ["k", "absent"])
-    with pytest.raises(ValueError):
+    with pytest.raises(DataError, match="300 rows"):
         prepared.add("short", a[:-1])
-    with pytest.raises(ValueError):
+    with pytest.raises(DataError):
         prepared.is_original(a[:-1], ["k"])
-    with pytest.raises(ValueError):
-        prepared.add("precise", rng.random(300))  # not recoverable and no fetch_exact
+    with pytest.raises(DataError, match="finite"):
+        prepared.add("inf", np.where(np.arange(300) == 7, np.inf, a))
+    with pytest.raises(ValueError) as raised:
+        prepared.add("precise", rng.random(300))  # not recoverable and no fetch_exact: the caller's bug
+    assert not isinstance(raised.value, DataError)
 
 
 def test_fetch_exact_returning_other_values_is_refused():
