@@ -29,6 +29,15 @@ class MissingSubmission(PermanentError):
     """The submission document is gone."""
 
 
+class LateFile(Exception):
+    """Another user's earlier file is not in storage yet and may still arrive.
+
+    Neither permanent (the candidate did nothing wrong) nor a fault to
+    retry at once: the worker hands the submission to the recovery sweep,
+    which judges it again a sweep later, so no thread waits on the file.
+    """
+
+
 class DatasetChanged(ConnectionError):
     """The round's dataset was replaced while being read: try again (transient)."""
 

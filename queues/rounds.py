@@ -15,13 +15,31 @@ import zipfile
 
 import numpy as np
 
-from queues.errors import DatasetChanged
+from queues.errors import PERMANENT, DatasetChanged, LateFile, MissingFile, reason
 from queues.files import partial_name
+from queues.store import utcnow
 from scoring import concordance, dataset
 from scoring.dataset import DatasetError
+from scoring.prepared import ExactValuesChanged
 from scoring.submission import parse_submission
 
 log = logging.getLogger(__name__)
+
+#: Seconds after its ``created`` that another user's missing file may still arrive (LATE_FILE_SECONDS).
+LATE_FILE_SECONDS = 300.0
+
+
+class OtherFileFailed(Exception):
+    """Re-reading another submission's exact values failed for good; ``key`` says whose.
+
+    Not a permanent error of the candidate: :meth:`Rounds.compare` leaves
+    that submission out and checks again without it.
+    """
+
+    def __init__(self, key, why):
+        super().__init__(why)
+        self.key = key
+        self.reason = why
 
 
 class Round:
@@ -51,11 +69,13 @@ def read_zip_member(path, member, reader):
 class Rounds:
     """Loads rounds on first use through ``files`` and keeps them by competition id."""
 
-    def __init__(self, files, cache_dir, rules, index_factory):
+    def __init__(self, files, cache_dir, rules, index_factory, late_file_seconds=LATE_FILE_SECONDS, now=utcnow):
         self.files = files
         self.cache_dir = cache_dir
         self.rules = rules
         self.index_factory = index_factory
+        self.late_file_seconds = late_file_seconds
+        self.now = now  # naive UTC, like the documents' ``created``
         self._rounds = {}
         self._lock = threading.Lock()
         self._loading = {}
@@ -145,5 +165,77 @@ class Rounds:
             rnd.index.add(submission_id, values)
 
     def _exact(self, rnd, submission_id):
+        """``fetch_exact`` of the round's index: another submission's values, read again.
+
+        A file deleted or broken since it was prepared is that submission's
+        problem, never the candidate's: the failure names it, for
+        :meth:`compare` to leave it out.
+        """
         username, filename = rnd.sources[submission_id]
-        return self.predictions(rnd, username, filename)
+        try:
+            return self.predictions(rnd, username, filename)
+        except PERMANENT as exc:
+            raise OtherFileFailed(submission_id, reason(exc)) from exc
+
+    # -- originality ----------------------------------------------------------
+    def compare(self, rnd, candidate, values, others, rules):
+        """``(evidence, left_out)``: originality of ``values`` against ``others``, and who was left out.
+
+        Never on partial data: another user's file that is missing but may
+        still arrive (see :meth:`_late`) raises :class:`LateFile`, so the
+        check is judged later rather than without it. A broken file, or one
+        still missing after ``late_file_seconds``, is left out and recorded
+        with its reason. A file that fails when its exact values are read
+        again (deleted or changed since it was prepared) is dropped from the
+        index and left out, and the check runs again without it, so the
+        verdict is exactly the plain rule's over the submissions that counted.
+        """
+        keys, left_out, late = [], [], []
+        now = self.now()
+        for other in others:
+            try:
+                if not other.get("filename"):
+                    raise MissingFile("the submission document has no filename")
+                self.prepare(rnd, other["submission_id"], other["username"], other["filename"])
+                keys.append(other["submission_id"])
+            except MissingFile as exc:
+                if other.get("filename") and self._late(other, now):
+                    late.append(other)
+                else:
+                    left_out.append(self._left_out(candidate, other, reason(exc)))
+            except PERMANENT as exc:
+                left_out.append(self._left_out(candidate, other, reason(exc)))
+        if late:
+            raise LateFile("%d earlier submission(s) not in storage yet, waiting up to %.0fs after each was "
+                           "submitted: %s" % (len(late), self.late_file_seconds,
+                                              ", ".join("%s's %s" % (o["username"], o["submission_id"]) for o in late)))
+        by_id = {other["submission_id"]: other for other in others}
+        while True:
+            try:
+                return rnd.index.explain(values, keys, rules), left_out
+            except (OtherFileFailed, ExactValuesChanged) as exc:
+                why = exc.reason if isinstance(exc, OtherFileFailed) else "the file changed after it was first read"
+                rnd.index.discard(exc.key)
+                rnd.sources.pop(exc.key, None)
+                keys.remove(exc.key)
+                left_out.append(self._left_out(candidate, by_id[exc.key], why))
+
+    def _late(self, other, now):
+        """Whether another user's missing file may still arrive.
+
+        Counted from the other submission's ``created`` (the backend's time
+        of the upload), not from when this server first missed the file: every
+        server, and a restarted one, then agrees on when the wait is over, and
+        nothing needs remembering. A clock difference between the backend and
+        this server shifts the wait by that much.
+        """
+        created = other.get("created")
+        if created is None:
+            return False
+        return (now - created).total_seconds() < self.late_file_seconds
+
+    @staticmethod
+    def _left_out(candidate, other, why):
+        log.warning("%s: skipping %s's submission %s in originality: %s",
+                    candidate, other["username"], other["submission_id"], why)
+        return {"submission_id": other["submission_id"], "username": other["username"], "reason": why}

@@ -15,7 +15,8 @@ import queue
 import random
 import time
 
-from queues.errors import PERMANENT, MissingSubmission, is_misconfiguration, is_transient, misconfiguration, reason
+from queues.errors import (PERMANENT, LateFile, MissingSubmission, is_misconfiguration, is_transient, misconfiguration,
+                           reason)
 from queues.explain import named_originality
 from queues.pipeline import CONCORDANCE, DISPATCH, ORIGINALITY, Job, Verdicts
 from queues.provenance import Provenance
@@ -101,6 +102,11 @@ class Worker:
             except PERMANENT as exc:
                 log.info("%s: %s failed: %s", sid, self.stage, reason(exc))
                 return self.fail(job, reason(exc))
+            except LateFile as exc:  # judged later rather than without the file; no thread waits for it
+                log.info("%s: %s waits: %s; the recovery sweep judges it again", sid, self.stage, exc)
+                self.metrics.outcome("retried")
+                self.give_up(job)
+                return "deferred"
             except Exception as exc:  # sorted below: misconfiguration, transient or a bug
                 if is_misconfiguration(exc):  # no submission's fault, and retrying now cannot help
                     log.error("%s: %s cannot go on: %s; the recovery sweep will retry it when the lease runs out",
@@ -260,17 +266,9 @@ class OriginalityWorker(CheckWorker):
     def judge(self, job, doc, rnd):
         values = self.predictions(job, rnd)
         others = self.members.latest_others(doc["competition_id"], doc["username"], doc["created"])
-        keys, left_out = [], []
-        for other in others:
-            try:
-                self.rounds.prepare(rnd, other["submission_id"], other["username"], other["filename"])
-                keys.append(other["submission_id"])
-            except PERMANENT as exc:
-                log.warning("%s: skipping %s's submission %s in originality: %s",
-                            job.submission_id, other["username"], other["submission_id"], reason(exc))
-                left_out.append({"submission_id": other["submission_id"], "username": other["username"],
-                                 "reason": reason(exc)})
-        found = rnd.index.explain(values, keys, self.rules)  # its verdict is is_original's, exactly
+        # its verdict is is_original's, exactly, over the submissions that counted
+        found, left_out = self.rounds.compare(rnd, job.submission_id, values, others, self.rules)
         self.rounds.prepare(rnd, job.submission_id, doc["username"], doc["filename"], values)
-        log.info("%s: compared with %d other submissions", job.submission_id, len(keys))
+        log.info("%s: compared with %d other submissions, %d left out", job.submission_id, found["compared"],
+                 len(left_out))
         return found["original"], named_originality(found, others, left_out)

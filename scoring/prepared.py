@@ -175,6 +175,18 @@ def recover(centered32, mean, scale):
     return np.rint((mean + centered32.astype(np.float64)) * scale) / scale
 
 
+class ExactValuesChanged(RuntimeError):
+    """``fetch_exact(key)`` returned values other than those added under ``key``.
+
+    The check cannot go on with that submission: its float32 copy and its
+    exact values disagree. ``key`` says which, so a caller can leave it out.
+    """
+
+    def __init__(self, key):
+        super().__init__("fetch_exact(%r) returned values other than those added" % (key,))
+        self.key = key
+
+
 @dataclasses.dataclass(frozen=True)
 class _Bounds:
     """Per-vector error terms of the correlation bound (see :func:`pair_margins`).
@@ -392,6 +404,16 @@ class PreparedRound:
             if old is not None:
                 self._retire(old)
 
+    def discard(self, key):
+        """Forget ``key`` (no error when absent): a submission whose exact values can no longer be read.
+
+        Its slot is reused only once no check is running, like a replaced one's.
+        """
+        with self._lock:
+            slot = self._slot_of.pop(key, None)
+            if slot is not None:
+                self._retire(slot)
+
     def _validated(self, values, setting_up=False):
         values = np.ascontiguousarray(values, dtype=np.float64)
         if values.ndim != 1 or values.size == 0:
@@ -526,7 +548,7 @@ class PreparedRound:
         values = np.ascontiguousarray(self._fetch_exact(snapshot.keys[position]), dtype=np.float64)
         row = snapshot.segments[slot // SEGMENT_ROWS].data[:, slot % SEGMENT_ROWS, :].reshape(-1)[: snapshot.n]
         if values.shape != (snapshot.n,) or not np.array_equal((values - snapshot.meta["mean"][slot]).astype(np.float32), row):
-            raise RuntimeError("fetch_exact(%r) returned values other than those added" % (snapshot.keys[position],))
+            raise ExactValuesChanged(snapshot.keys[position])
         return values
 
 

@@ -13,7 +13,7 @@ import pytest
 from queues import demo
 from queues.errors import MissingFile
 from queues.rounds import Rounds
-from scoring import concordance
+from scoring import concordance, evidence, originality
 from scoring.dataset import TOURNAMENT_FILE, TRAINING_FILE, DatasetError
 from scoring.prepared import PreparedRound
 from scoring.submission import SubmissionError, parse_submission
@@ -342,3 +342,61 @@ def test_prepare_with_values_does_not_read_the_file(counting, cache, rules, mode
     rounds.prepare(rnd, "s2", "carol", "never-uploaded.csv", values=model(4))
     assert counting.calls["submission"] == 0
     assert "s2" in rnd.index
+
+
+# -- originality against others whose files fail when read again -------------------------------------
+def precise_file(ids, values):
+    """Every digit of float64 values: the index cannot rebuild them from its float32 copy."""
+    return ("id,probability\n" + "".join("%s,%r\n" % (i, float(v)) for i, v in zip(ids, values))).encode()
+
+
+@pytest.mark.parametrize("how", ["deleted", "broken", "changed"])
+def test_compare_leaves_out_a_file_that_fails_when_read_again(files, cache, rules, round_frames, model, how):
+    """fetch_exact raising for one other submission: that one is dropped from the index and left out with
+    its reason, and the evidence is exactly the plain rule's over the submissions that counted."""
+    ids = round_frames[1]["id"]
+    rng = np.random.default_rng(11)
+    rounds = Rounds(files, cache, rules, lambda fetch_exact: PreparedRound(fetch_exact, grid_points=1))
+    rnd = rounds.get(ROUND)
+    others, values = [], {}
+    made = {"alice": np.clip(model(1) + rng.normal(scale=1e-9, size=len(ids)), 0, 1),
+            "bob": rng.random(len(ids)), "carol": rng.beta(2, 5, size=len(ids))}  # unlike alice's
+    for name in ["alice", "bob", "carol"]:
+        files.put_submission(name, "p.csv", precise_file(ids, made[name]))
+        values[name] = rounds.predictions(rnd, name, "p.csv")
+        others.append({"submission_id": "s-" + name, "username": name, "filename": "p.csv", "created": None})
+        rounds.prepare(rnd, "s-" + name, name, "p.csv")
+    candidate = values["alice"] + rng.normal(scale=1e-7, size=len(ids))  # a near copy of alice's
+    assert originality.is_original(candidate, list(values.values()), rules) is False
+    if how == "deleted":
+        os.remove(files.submission_path("alice", "p.csv"))
+    elif how == "broken":
+        files.put_submission("alice", "p.csv", b"id,probability\n")
+    else:
+        files.put_submission("alice", "p.csv", precise_file(ids, rng.random(len(ids))))
+    found, left_out = rounds.compare(rnd, "s-cand", candidate, others, rules)
+    reasons = {"deleted": "not in storage", "broken": "no predictions", "changed": "changed after"}
+    assert [(o["submission_id"], o["username"]) for o in left_out] == [("s-alice", "alice")]
+    assert reasons[how] in left_out[0]["reason"]
+    assert "s-alice" not in rnd.index and "s-alice" not in rnd.sources
+    counted = [("s-bob", values["bob"]), ("s-carol", values["carol"])]
+    assert found == evidence.originality_evidence(candidate, counted, rules)
+    assert found["original"] is originality.is_original(candidate, [v for _, v in counted], rules) is True
+
+
+def test_compare_waits_for_a_late_file_and_leaves_out_what_cannot_arrive(files, cache, rules, model):
+    import datetime
+    from queues.errors import LateFile
+    submitted = datetime.datetime(2026, 5, 1, 12, 0)
+    now = [submitted + datetime.timedelta(seconds=59)]
+    rounds = Rounds(files, cache, rules, PreparedRound, late_file_seconds=60, now=lambda: now[0])
+    rnd = rounds.get(ROUND)
+    late = {"submission_id": "s-late", "username": "mallory", "filename": "p.csv", "created": submitted}
+    nameless = {"submission_id": "s-nameless", "username": "oscar", "filename": None, "created": submitted}
+    with pytest.raises(LateFile, match="mallory's s-late"):
+        rounds.compare(rnd, "s-cand", model(1), [late, nameless], rules)
+    now[0] = submitted + datetime.timedelta(seconds=60)
+    found, left_out = rounds.compare(rnd, "s-cand", model(1), [late, nameless], rules)
+    assert found["compared"] == 0 and found["original"] is True
+    assert [o["submission_id"] for o in left_out] == ["s-late", "s-nameless"]
+    assert "not in storage" in left_out[0]["reason"] and "no filename" in left_out[1]["reason"]

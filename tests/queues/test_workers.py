@@ -17,7 +17,7 @@ import pymongo.errors
 import pytest
 from bson import ObjectId
 
-from queues import workers
+from queues import demo, explain, workers
 from queues.errors import PermanentError
 from queues.explain import named_originality
 from queues.leaderboard import desired_entry, newest
@@ -746,3 +746,92 @@ def test_every_verdict_is_written_with_its_evidence_and_provenance(
     assert carol["counted_against"][0]["username"] == "alice"
     assert carol["counted_against"][0]["submission_id"] == ids[0]
     assert {"duplicate", "too correlated"} & set(carol["counted_against"][0]["clauses"])
+
+
+# -- never judged on partial data: other users' files that are late, broken or gone ----------------
+class Clock:
+    """The rounds' naive-UTC ``now``, moved by the test (the late-file wait is counted on it)."""
+
+    def __init__(self, now):
+        self.now = now
+
+    def __call__(self):
+        return self.now
+
+
+def test_another_users_missing_file_is_waited_for_then_compared(submit, store, files, pipeline, stages, rounds,
+                                                                 round_frames, model, metrics):
+    """A file not in storage yet may be late: the candidate is judged later, with it, not now without it."""
+    values = model(1)
+    late = submit("mallory", raw=False)   # the backend wrote the document; the upload is not there yet
+    zuz = submit("zuz", values)           # a copy of what mallory uploads
+    created = store.get(late)["created"]
+    rounds.now = Clock(created + datetime.timedelta(seconds=rounds.late_file_seconds - 1))
+    outcomes = score(store, pipeline, stages, zuz)
+    assert (ORIGINALITY, zuz, "deferred") in outcomes
+    doc = store.get(zuz)
+    assert doc["processing"]["state"] == SCORING and doc["original"] == PENDING and doc["concordant"] == PENDING
+    assert doc["processing"]["lease"]["expires"] <= utcnow()  # released: the next sweep takes it
+    assert metrics.outcomes.labels("failed")._value.get() == 0
+    files.put_submission("mallory", store.get(late)["filename"], demo.submission_csv(round_frames[1]["id"], values))
+    assert Recovery(pipeline, store, interval=60).sweep() == 1
+    assert {outcome for *_, outcome in drain(pipeline, stages)} == {"ok"}
+    doc = store.get(zuz)
+    assert doc["original"] == {"pending": False, "value": False}  # compared with mallory's copy
+    assert doc["evidence"]["originality"]["left_out"] == []
+    assert doc["evidence"]["originality"]["counted_against"][0]["submission_id"] == late
+
+
+def test_a_file_still_missing_after_the_wait_is_left_out_and_said(submit, store, pipeline, stages, rounds, model):
+    values = model(1)
+    late = submit("mallory", raw=False)
+    zuz = submit("zuz", values)
+    rounds.now = Clock(store.get(late)["created"] + datetime.timedelta(seconds=rounds.late_file_seconds))
+    assert {outcome for *_, outcome in score(store, pipeline, stages, zuz)} == {"ok"}
+    doc = store.get(zuz)
+    assert doc["original"] == {"pending": False, "value": True}
+    found = doc["evidence"]["originality"]
+    assert [(o["submission_id"], o["username"]) for o in found["left_out"]] == [(late, "mallory")]
+    assert "not in storage" in found["left_out"][0]["reason"] and found["left_out_total"] == 1
+    assert "1 earlier submission left out" in explain.sentence(doc, "originality")
+
+
+def test_a_broken_file_of_another_user_is_left_out_at_once(submit, store, pipeline, stages, rounds, model):
+    """Broken is broken: no wait, even for a file submitted a moment ago."""
+    broken = submit("mallory", raw=b"id,probability\n")
+    zuz = submit("zuz", model(1))
+    rounds.now = Clock(store.get(broken)["created"])
+    assert {outcome for *_, outcome in score(store, pipeline, stages, zuz)} == {"ok"}
+    left_out = store.get(zuz)["evidence"]["originality"]["left_out"]
+    assert [o["submission_id"] for o in left_out] == [broken] and "no predictions" in left_out[0]["reason"]
+
+
+def precise_file(ids, values):
+    """A submission file with every digit of float64 values: the index cannot rebuild them from float32."""
+    return ("id,probability\n" + "".join("%s,%r\n" % (i, float(v)) for i, v in zip(ids, values))).encode()
+
+
+def test_a_file_gone_when_its_exact_values_are_read_again_never_fails_the_candidate(
+        submit, store, files, pipeline, rules, metrics, board, members, round_frames, model, tmp_path):
+    """The index re-reads another user's file for exact values; that file deleted meanwhile is that
+    submission's problem: it is left out with the reason, and the candidate is judged without it."""
+    ids = round_frames[1]["id"]
+    rng = np.random.default_rng(5)
+    alice_values = np.clip(model(1) + rng.normal(scale=1e-9, size=len(ids)), 0, 1)
+    alice = submit("alice", raw=precise_file(ids, alice_values))
+    zuz = submit("zuz", raw=precise_file(ids, alice_values))  # a copy: not original while alice's counts
+    # one grid point: no KS bound decides, so exact values are read back for every pair
+    rounds = Rounds(files, str(tmp_path / "cache"), rules, lambda fetch_exact: PreparedRound(fetch_exact, grid_points=1))
+    stages = make_stages(pipeline, store, rounds, rules, metrics, board, members)
+    queue(store, pipeline, alice, zuz)
+    drain(pipeline, stages, order=(DISPATCH,))
+    assert alice in rounds.get(ROUND).index
+    os.remove(files.submission_path("alice", store.get(alice)["filename"]))
+    assert {outcome for *_, outcome in drain(pipeline, stages)} == {"ok"}
+    doc = store.get(zuz)
+    assert doc["processing"]["state"] == DONE
+    found = doc["evidence"]["originality"]
+    assert [(o["submission_id"], o["username"]) for o in found["left_out"]] == [(alice, "alice")]
+    assert "not in storage" in found["left_out"][0]["reason"]
+    assert doc["original"]["value"] is True and found["compared"] == 0  # the plain rule over nobody
+    assert alice not in rounds.get(ROUND).index

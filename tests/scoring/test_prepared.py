@@ -549,3 +549,21 @@ def test_slots_freed_during_a_check_are_not_rewritten_under_it():
     assert interleaved == ["f"]
     assert prepared.is_original(candidate, keys) is plain
     assert prepared.is_original(candidate, keys + ["churn0"]) is originality.is_original(candidate, [candidate]) is False
+
+
+def test_discard_forgets_a_key_and_reuses_its_slot_only_after_running_checks():
+    rng = np.random.default_rng(12)
+    a, b, c = (np.round(rng.random(300), 5) for _ in range(3))
+    prepared = PreparedRound()
+    prepared.add("a", a)
+    prepared.add("b", b)
+    held = prepared.nbytes
+    snapshot = prepared._snapshot(["a", "b"])  # a check is running
+    prepared.discard("a")
+    prepared.discard("absent")  # no error
+    assert "a" not in prepared and len(prepared) == 1
+    prepared.add("c", c)  # must not take a's slot while the check may still read it
+    assert np.array_equal(prepared._stored_values(snapshot.segments, snapshot.meta, snapshot.slots[0], 300), a)
+    prepared._release(dict.fromkeys(("pairs", "correlation_exact", "ks_exact", "fetched"), 0))
+    assert prepared.is_original(a, ["b", "c"]) is originality.is_original(a, [b, c])
+    assert prepared.nbytes >= held
