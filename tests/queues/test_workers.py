@@ -739,7 +739,8 @@ def test_every_verdict_is_written_with_its_evidence_and_provenance(
         assert provenance["dataset_version"] == rnd.version
         assert provenance["server"] == "%s:%d" % (socket.gethostname(), os.getpid())
         assert set(provenance["judged_at"]) == {"consistency", "concordance", "originality"}
-        assert provenance["judged_by"] == {check: {"server": provenance["server"], "scorer_version": provenance["scorer_version"]}
+        assert provenance["judged_by"] == {check: {"server": provenance["server"], "scorer_version": provenance["scorer_version"],
+                                                   "dataset_version": rnd.version}
                                            for check in ("consistency", "concordance", "originality")}
     carol = store.get(ids[2])["evidence"]["originality"]
     assert carol["original"] is False
@@ -835,3 +836,90 @@ def test_a_file_gone_when_its_exact_values_are_read_again_never_fails_the_candid
     assert "not in storage" in found["left_out"][0]["reason"]
     assert doc["original"]["value"] is True and found["compared"] == 0  # the plain rule over nobody
     assert alice not in rounds.get(ROUND).index
+
+
+# -- rounds leave memory and come back; a replaced dataset is judged on its new rows -------------------
+class Ticks:
+    """The rounds' monotonic clock, moved by the test."""
+
+    def __init__(self):
+        self.now = 0.0
+
+    def __call__(self):
+        return self.now
+
+
+def test_a_round_evicted_by_the_sweep_and_loaded_again_judges_the_same(submit, store, files, pipeline, rules, metrics,
+                                                                        board, members, model, tmp_path):
+    ticks = Ticks()
+    rounds = Rounds(files, str(tmp_path / "cache"), rules, PreparedRound, idle_seconds=600, clock=ticks,
+                    metrics=metrics)
+    stages = make_stages(pipeline, store, rounds, rules, metrics, board, members)
+    first = model(1)
+    early = [submit("alice", first), submit("bob", model(2))]
+    score(store, pipeline, stages, *early)
+    loaded = rounds.get(ROUND)
+    ticks.now = 600
+    Recovery(Pipeline(), store, interval=60, rounds=rounds).sweep()  # the sweep drops the idle round
+    assert rounds.memory() == {} and metrics.round_evictions.labels("idle")._value.get() == 1
+    late = [submit("carol", np.clip(first + 1e-5, 0, 1)), submit("dave", model(3)), submit("erin", model(2))]
+    score(store, pipeline, stages, *late)
+    assert rounds.get(ROUND) is not loaded
+    fresh = Rounds(files, str(tmp_path / "cache-2"), rules, PreparedRound)
+    for sid in early + late:
+        doc = store.get(sid)
+        want = expected_verdicts(fresh, store, sid, rules)
+        assert doc["processing"]["state"] == DONE
+        assert doc["consistency"] == want["consistency"]
+        assert (doc["concordant"]["value"], doc["original"]["value"]) == (want["concordant"], want["original"]), sid
+    assert store.get(late[0])["original"]["value"] is False  # the copy of alice's, judged after the reload
+
+
+def new_rows(round_frames):
+    """The round's data replaced: the same ids in another order, some validation targets flipped,
+    other training rows (so other clusters)."""
+    training, tournament = round_frames
+    tournament = tournament.sample(frac=1, random_state=5).reset_index(drop=True)
+    validation = tournament.index[tournament["data_type"] == "validation"]
+    flip = validation[: len(validation) // 3]
+    tournament.loc[flip, "target"] = 1 - tournament.loc[flip, "target"]
+    return training.sample(frac=0.7, random_state=6), tournament
+
+
+@pytest.mark.parametrize("replaced", ["after-dispatch", "between-the-checks"])
+def test_a_dataset_replaced_mid_round_gives_the_verdicts_of_the_new_data(submit, store, files, pipeline, rules, metrics,
+                                                                         board, members, model, round_frames, tmp_path,
+                                                                         replaced):
+    from tests.queues.test_rounds import replace_dataset
+    ticks = Ticks()
+    rounds = Rounds(files, str(tmp_path / "cache"), rules, PreparedRound, clock=ticks, version_check_seconds=5)
+    stages = make_stages(pipeline, store, rounds, rules, metrics, board, members)
+    first = model(1)
+    ids = [submit("alice", first), submit("bob", model(2)), submit("carol", np.clip(first + 1e-5, 0, 1)),
+           submit("dave", model(3))]
+    queue(store, pipeline, *ids)
+    drain(pipeline, stages, order=(DISPATCH,))
+    old = rounds.get(ROUND)
+    before = {sid: expected_verdicts(rounds, store, sid, rules) for sid in ids}
+    if replaced == "between-the-checks":
+        drain(pipeline, stages, order=(CONCORDANCE,))
+    replace_dataset(files, tmp_path, *new_rows(round_frames))
+    ticks.now = 5
+    assert {outcome for *_, outcome in drain(pipeline, stages)} == {"ok"}
+    new = rounds.get(ROUND)
+    assert new.version != old.version
+    fresh = Rounds(files, str(tmp_path / "cache-2"), rules, PreparedRound)
+    changed = 0
+    for sid in ids:
+        doc = store.get(sid)
+        want = expected_verdicts(fresh, store, sid, rules)
+        assert doc["processing"]["state"] == DONE
+        assert doc["consistency"] == want["consistency"], sid
+        assert doc["concordant"]["value"] == want["concordant"] and doc["original"]["value"] == want["original"], sid
+        assert doc["evidence"]["consistency"]["consistency"] == want["consistency"]
+        provenance = doc["provenance"]
+        assert provenance["dataset_version"] == new.version
+        assert {check: who["dataset_version"] for check, who in provenance["judged_by"].items()} == \
+               dict.fromkeys(("consistency", "concordance", "originality"), new.version)
+        changed += want["consistency"] != before[sid]["consistency"]
+    assert changed  # the new rows judge differently: the test can tell old verdicts from new
