@@ -22,6 +22,7 @@ back instead of fitting K-Means again. A failure to load is never
 cached; the next submission of the round tries again.
 """
 import contextlib
+import datetime
 import hashlib
 import logging
 import os
@@ -368,9 +369,9 @@ class Rounds:
         this server shifts the wait by that much.
         """
         created = other.get("created")
-        if created is None:
+        if not isinstance(created, datetime.datetime):  # no time to count from: the wait cannot end
             return False
-        return (now - created).total_seconds() < self.late_file_seconds
+        return (now - created.replace(tzinfo=None)).total_seconds() < self.late_file_seconds
 
     @staticmethod
     def _left_out(candidate, other, why):
