@@ -41,6 +41,9 @@ class Config:
     recovery_interval: float = 10.0
     lease_seconds: float = 30.0
     server_name: str = ""  # recorded with every verdict; empty: hostname:pid
+    late_file_seconds: float = 300.0  # how long another user's missing file may still arrive
+    round_idle_seconds: float = 3600.0  # a round unused this long leaves memory
+    round_memory_mb: int = 1024  # memory for loaded rounds; least recently used ones beyond it leave
     rules: Rules = Rules()
 
 
@@ -123,6 +126,9 @@ def from_env(environ=None, use_local=False, local_dir="local"):
         recovery_interval=_number(environ, "RECOVERY_INTERVAL", 10.0, float),
         lease_seconds=_number(environ, "LEASE_SECONDS", 30.0, float),
         server_name=environ.get("SERVER_NAME", ""),
+        late_file_seconds=_number(environ, "LATE_FILE_SECONDS", 300.0, float),
+        round_idle_seconds=_number(environ, "ROUND_IDLE_SECONDS", 3600.0, float),
+        round_memory_mb=_number(environ, "ROUND_MEMORY_MB", 1024),
         rules=rules,
         **values,
     )

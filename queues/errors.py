@@ -14,8 +14,7 @@ import re
 import botocore.exceptions
 import pymongo.errors
 
-from scoring.dataset import DatasetError
-from scoring.submission import SubmissionError
+from scoring.errors import DataError
 
 
 class PermanentError(Exception):
@@ -30,12 +29,24 @@ class MissingSubmission(PermanentError):
     """The submission document is gone."""
 
 
+class LateFile(Exception):
+    """Another user's earlier file is not in storage yet and may still arrive.
+
+    Neither permanent (the candidate did nothing wrong) nor a fault to
+    retry at once: the worker hands the submission to the recovery sweep,
+    which judges it again a sweep later, so no thread waits on the file.
+    """
+
+
 class DatasetChanged(ConnectionError):
     """The round's dataset was replaced while being read: try again (transient)."""
 
 
-#: Failures of the inputs themselves: retrying cannot help.
-PERMANENT = (PermanentError, SubmissionError, DatasetError)
+#: Failures of the inputs themselves: retrying cannot help. ``DataError`` is what
+#: ``scoring`` raises about data (a broken file, a round's data, predictions of the
+#: wrong length), SubmissionError and DatasetError included; any other ValueError
+#: is a bug and is recorded as an internal error.
+PERMANENT = (PermanentError, DataError)
 
 #: botocore's connection-level failures: endpoint, proxy, TLS, closed, timeouts.
 _TRANSIENT_AWS = (botocore.exceptions.ConnectionError, botocore.exceptions.HTTPClientError)

@@ -159,7 +159,7 @@ def originality_sentence(value, found):
         return "%s (judged before evidence was recorded)" % ("original" if value else "not original")
     thresholds = found["thresholds"]
     left_out = found.get("left_out_total", 0)
-    tail = "; %s left out (%s)" % (plural(left_out, "earlier submission"), "unreadable files") if left_out else ""
+    tail = "; %s left out (%s)" % (plural(left_out, "earlier submission"), "missing or unreadable files") if left_out else ""
     if found["compared"] == 0:
         return "original: no earlier submission from another user to compare with" + tail
     if not value:

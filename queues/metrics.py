@@ -9,6 +9,8 @@ from prometheus_client.core import GaugeMetricFamily
 
 from queues.pipeline import STAGES
 
+#: Why a round leaves memory: unused for ROUND_IDLE_SECONDS, over ROUND_MEMORY_MB, its dataset replaced.
+EVICTION_REASONS = ("idle", "memory", "replaced")
 #: Stage durations span sub-millisecond checks to first-of-round clustering.
 DURATION_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
 
@@ -45,6 +47,27 @@ class PipelineCollector:
         return families
 
 
+class RoundsCollector:
+    """Memory held by loaded rounds, read at scrape time from ``source()`` (``{competition_id: bytes}``).
+
+    The total is exported from the start, at 0 before any round is loaded
+    (or when nothing reports rounds), so a panel or alert can rely on it.
+    """
+
+    def __init__(self):
+        self.source = None
+
+    def collect(self):
+        sizes = self.source() if self.source is not None else {}
+        per_round = GaugeMetricFamily("criteria_round_memory_bytes", "Memory held by one loaded round's data "
+                                      "(tournament rows, clusters, prepared submissions)", labels=["round"])
+        for competition_id, size in sorted(sizes.items()):
+            per_round.add_metric([str(competition_id)], size)
+        total = GaugeMetricFamily("criteria_rounds_memory_bytes", "Memory held by all loaded rounds' data",
+                                  value=sum(sizes.values()))
+        return [per_round, total]
+
+
 class Metrics:
     """Counters and histograms the service updates as it works."""
 
@@ -62,14 +85,28 @@ class Metrics:
         self.waiting = prometheus_client.Gauge(
             "criteria_http_waiting_requests", "GET requests waiting (?wait=) for a submission to be judged",
             registry=self.registry)
+        self.round_evictions = prometheus_client.Counter(
+            "criteria_round_evictions", "Rounds dropped from memory, by reason (idle, memory budget, dataset "
+            "replaced)", ["reason"], registry=self.registry)
+        self.rounds = RoundsCollector()
+        self.registry.register(self.rounds)
         for stage in STAGES:
             self.stage_seconds.labels(stage)
+        for why in EVICTION_REASONS:
+            self.round_evictions.labels(why)
         for outcome in ("done", "failed", "retried"):
             self.outcomes.labels(outcome)
 
     def watch(self, pipeline, supervisor, database=None):
         """Report the pipeline's queues and threads, and ``database()``'s state, at every scrape."""
         self.registry.register(PipelineCollector(pipeline, supervisor, database))
+
+    def watch_rounds(self, memory):
+        """Report ``memory()`` (``{competition_id: bytes}`` of the loaded rounds) at every scrape."""
+        self.rounds.source = memory
+
+    def round_evicted(self, why):
+        self.round_evictions.labels(why).inc()
 
     def thread_added(self, name):
         """Export the thread's restart counter at 0 before any restart."""

@@ -64,10 +64,15 @@ class Job:
     token: Any = None
     claim: Any = None
     predictions: Optional[np.ndarray] = None
+    #: The dataset version ``predictions`` were parsed against (its row order): a
+    #: round rebuilt on a replaced dataset makes them stale, to be parsed again.
+    predictions_version: Optional[str] = None
     verdicts: Optional[Verdicts] = None
     #: Every verdict of the claim, once this job's check completed the set: kept so
     #: that a retry of the final write does not depend on the meeting again.
     complete: Optional[dict] = None
+    #: True once every verdict in ``complete`` stands on one dataset version (see CheckWorker.align).
+    aligned: bool = False
     enqueued: float = dataclasses.field(default_factory=time.monotonic)
 
     @property

@@ -73,8 +73,9 @@ class Provenance:
         ``check`` names the evidence (``consistency``, ``concordance``,
         ``originality``); each check stamps its own ``judged_at`` and
         ``judged_by`` (a submission handed over after a crash is judged by
-        two servers: consistency by the first, the checks by the second); the
-        other provenance fields are those of the server that wrote last.
+        two servers: consistency by the first, the checks by the second) and
+        the dataset version that check was judged on; the other provenance
+        fields are those of the server that wrote last.
         """
         return {
             "evidence.%s" % check: evidence,
@@ -83,5 +84,6 @@ class Provenance:
             "provenance.dataset_version": rnd.version,
             "provenance.server": self.server,
             "provenance.judged_at.%s" % check: utcnow(),
-            "provenance.judged_by.%s" % check: {"server": self.server, "scorer_version": self.scorer},
+            "provenance.judged_by.%s" % check: {"server": self.server, "scorer_version": self.scorer,
+                                                "dataset_version": rnd.version},
         }

@@ -7,7 +7,8 @@ the dispatcher, which carries each on from where its document says it
 stopped. At start it also takes back leases held by earlier processes of
 this same server (same host and port) that are no longer running, so a
 restart does not wait for them to expire. It re-touches leaderboard
-entries whose change a crash left unconfirmed.
+entries whose change a crash left unconfirmed, and drops the data of
+rounds that have been idle too long.
 
 The keeper extends the lease of every job in this process's queues a few
 times per lease period, in one write for all of them.
@@ -39,7 +40,7 @@ class Recovery:
     """The sweep, and a loop that repeats it."""
 
     def __init__(self, pipeline, store, interval, metrics=None, board=None, members=None,
-                 owner_prefix=None, batch=SWEEP_BATCH, alive=process_alive):
+                 owner_prefix=None, batch=SWEEP_BATCH, alive=process_alive, rounds=None):
         self.pipeline = pipeline
         self.store = store
         self.interval = interval
@@ -49,10 +50,13 @@ class Recovery:
         self.owner_prefix = owner_prefix
         self.batch = batch
         self.alive = alive
+        self.rounds = rounds
         self.orphans = None
 
     def sweep(self):
         """One pass: claim what nobody holds and queue it; returns how many were claimed."""
+        if self.rounds is not None:  # first: no database needed, so an outage does not keep idle rounds
+            self.rounds.evict_idle()
         if self.orphans is None and self.owner_prefix:
             self.orphans = self.store.orphaned_owners(self.owner_prefix, self.alive)
             if self.orphans:

@@ -33,7 +33,7 @@ import time
 
 from bson import ObjectId
 
-from queues.errors import PERMANENT, reason
+from queues.errors import PERMANENT, LateFile, reason
 from queues.pipeline import DISPATCH, Job
 from queues.recovery import process_alive
 from queues.store import DONE, FAILED, Claim, utcnow
@@ -299,75 +299,28 @@ class Rescorer:
                 "rules": dataclasses.asdict(self.rules), "changes": changes}
 
     def rejudge(self, doc):
-        """Judge one submission again in memory with the workers' own code: ``(judgement, evidence)``."""
+        """Judge one submission again in memory with the workers' own code: ``(judgement, evidence)``.
+
+        A file of another user that may still arrive cannot be judged now
+        either way; the dry run says so for that submission instead.
+        """
         dispatcher, concordance, originality = self.judges
         sid = str(doc["_id"])
         job = Job(sid, claim=Claim(doc, None))
         try:
             check_document(doc, sid)
-            rnd = dispatcher.rounds.get(doc["competition_id"])
-            found, _ = dispatcher.measure(job, rnd)
-            concordant, concordance_found = concordance.judge(job, doc, rnd)
-            original, originality_found = originality.judge(job, doc, rnd)
+            with dispatcher.rounds.hold(doc["competition_id"]) as rnd:
+                score, _, fields = dispatcher.consistency_fields(job, rnd)
+                dispatcher.rounds.prepare(rnd, sid, doc["username"], doc["filename"], job.predictions)
+                concordant, concordance_found = concordance.judge(job, doc, rnd)
+                original, originality_found = originality.judge(job, doc, rnd)
         except PERMANENT as exc:
             return {"state": FAILED, "consistency": doc.get("consistency"), "concordant": None, "original": None,
                     "error": reason(exc)}, None
-        evidence = {"consistency": found, "concordance": concordance_found, "originality": originality_found}
-        return {"state": DONE, "consistency": found["consistency"], "concordant": bool(concordant),
+        except LateFile as exc:
+            return {"state": "not judged", "consistency": None, "concordant": None, "original": None,
+                    "error": "%s; a real run waits for it" % reason(exc)}, None
+        evidence = {"consistency": fields["evidence.consistency"], "concordance": concordance_found,
+                    "originality": originality_found}
+        return {"state": DONE, "consistency": score, "concordant": bool(concordant),
                 "original": bool(original), "error": None}, evidence
-
-
-
-class Busy(RuntimeError):
-    """Another run of the round is open, for other submissions than those asked for."""
-
-
-def follow(rescorer, competition_id, only=None, period=1.0):
-    """Open a run (or join the open one of the same scope) and drive it here until it closes.
-
-    Returns the finished run with its changes, or None when the pipeline's
-    stop flag was set first: the run stays open and whoever drives it next
-    finishes it.
-    """
-    run, opened = rescorer.request(competition_id, only)
-    wanted = sorted(set(only)) if only else None
-    if not opened and wanted is not None and run.get("only") != wanted:
-        raise Busy("round %d is being re-scored already for %s (run %s, requested at %s by %s); wait for it to "
-                   "finish, then ask again" % (competition_id, "%d listed submissions" % len(run["only"])
-                                              if run.get("only") else "every submission", run["run"],
-                                              run.get("requested_at"), run.get("requested_by")))
-    rid = run["run"]
-    log.info("round %s: %s re-score %s", competition_id, "started" if opened else "joined the open", rid)
-    stop, said = rescorer.pipeline.stop, None
-    while not stop.is_set():
-        rescorer.step()
-        current, _ = rescorer.store.open_rescore_of(competition_id)
-        if current is None or current["run"] != rid:
-            return rescorer.status(competition_id, rid)
-        left = rescorer.store.rescore_left(scope(current), rid)
-        if left != said:
-            log.info("round %s: re-score %s has %d submissions left", competition_id, rid, left)
-            said = left
-        stop.wait(period)
-    return None
-
-
-def rules_line(rules):
-    """The rules a run used, naming only those that differ from the tournament's defaults."""
-    defaults = dataclasses.asdict(Rules())
-    changed = ["%s=%s (default %s)" % (name, value, defaults.get(name)) for name, value in sorted((rules or {}).items())
-               if defaults.get(name) != value]
-    return ", ".join(changed) if changed else "the defaults"
-
-
-def report(result, out, as_json=False):
-    """Print a finished or dry run: a headline, the rules, one line per change (or JSON)."""
-    if as_json:
-        out.write(json.dumps(result, default=str, indent=1, sort_keys=True) + "\n")
-        return
-    what = ("dry run of a re-score of round %s (nothing written)" % result["competition_id"] if result.get("dry_run")
-            else "re-score %s of round %s" % (result["run"], result.get("competition_id")))
-    out.write("%s: %d submissions judged again, %d changed\n" % (what, result["submissions"], result["changed"]))
-    out.write("rules: %s\n" % rules_line(result.get("rules")))
-    for entry in result["changes"]:
-        out.write("  %s\n" % describe(entry))

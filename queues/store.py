@@ -524,7 +524,7 @@ class RoundMembers:
     def latest_others(self, competition_id, username, created):
         """Everyone else's latest submission created before ``created``, one per other user.
 
-        ``[{submission_id, username, filename}]``; the latest by ``created``,
+        ``[{submission_id, username, filename, created}]``; the latest by ``created``,
         then ``_id``. Reads the round's new documents first, so the answer
         is that of a fresh query at this instant.
         """
@@ -544,8 +544,8 @@ class RoundMembers:
             mine = latest.get(name)
             if mine is None or (doc["created"], doc["_id"]) > (mine["created"], mine["_id"]):
                 latest[name] = doc
-        return [{"submission_id": str(doc["_id"]), "username": doc["username"], "filename": doc.get("filename")}
-                for doc in latest.values()]
+        return [{"submission_id": str(doc["_id"]), "username": doc["username"], "filename": doc.get("filename"),
+                 "created": doc["created"]} for doc in latest.values()]
 
     def forget(self):
         """Drop every cached round (the sweep does, so deleted documents leave too)."""

@@ -15,7 +15,8 @@ import queue
 import random
 import time
 
-from queues.errors import PERMANENT, MissingSubmission, is_misconfiguration, is_transient, misconfiguration, reason
+from queues.errors import (PERMANENT, LateFile, MissingSubmission, is_misconfiguration, is_transient, misconfiguration,
+                           reason)
 from queues.explain import named_originality
 from queues.pipeline import CONCORDANCE, DISPATCH, ORIGINALITY, Job, Verdicts
 from queues.provenance import Provenance
@@ -101,6 +102,11 @@ class Worker:
             except PERMANENT as exc:
                 log.info("%s: %s failed: %s", sid, self.stage, reason(exc))
                 return self.fail(job, reason(exc))
+            except LateFile as exc:  # judged later rather than without the file; no thread waits for it
+                log.info("%s: %s waits: %s; the recovery sweep judges it again", sid, self.stage, exc)
+                self.metrics.outcome("retried")
+                self.give_up(job)
+                return "deferred"
             except Exception as exc:  # sorted below: misconfiguration, transient or a bug
                 if is_misconfiguration(exc):  # no submission's fault, and retrying now cannot help
                     log.error("%s: %s cannot go on: %s; the recovery sweep will retry it when the lease runs out",
@@ -157,10 +163,24 @@ class Worker:
             self.board.touch(claim.doc.get("competition_id"), claim.doc.get("username"))
 
     def predictions(self, job, rnd):
-        if job.predictions is None:
+        """The job's predictions in ``rnd``'s row order: parsed once, and again when the round was
+        rebuilt on a replaced dataset (rows parsed against the old order would be misaligned)."""
+        if job.predictions is None or job.predictions_version != rnd.version:
             doc = job.claim.doc
             job.predictions = self.rounds.predictions(rnd, doc["username"], doc["filename"])
+            job.predictions_version = rnd.version
         return job.predictions
+
+    def consistency_fields(self, job, rnd):
+        """``(score, logloss, fields)``: consistency and validation logloss on ``rnd``'s rows, with
+        the evidence and provenance written beside them."""
+        values = self.predictions(job, rnd)
+        tournament = rnd.tournament
+        valid = tournament.validation
+        found = consistency.consistency_evidence(tournament.eras[valid], tournament.targets[valid], values[valid],
+                                                 self.rules)
+        loss = consistency.logloss(tournament.targets[valid], values[valid], self.rules.logloss_epsilon)
+        return found["consistency"], loss, self.provenance.fields("consistency", found, rnd, self.rules)
 
 
 class Dispatcher(Worker):
@@ -187,30 +207,22 @@ class Dispatcher(Worker):
         job.verdicts = Verdicts(claim.pending)
         for stage, check in ((CONCORDANCE, "concordant"), (ORIGINALITY, "original")):
             if check in claim.pending:
-                self.pipeline.put(stage, Job(sid, claim=claim, predictions=job.predictions, verdicts=job.verdicts))
+                self.pipeline.put(stage, Job(sid, claim=claim, predictions=job.predictions,
+                                             predictions_version=job.predictions_version, verdicts=job.verdicts))
         return "ok"
-
-    def measure(self, job, rnd):
-        """Consistency (with its evidence) and logloss on the round's validation rows; writes nothing."""
-        doc = job.claim.doc
-        values = self.predictions(job, rnd)
-        # Prepared now, while the parsed values are at hand, so later submissions'
-        # originality checks find it instead of reading the file again.
-        self.rounds.prepare(rnd, job.submission_id, doc["username"], doc["filename"], values)
-        tournament = rnd.tournament
-        valid = tournament.validation
-        found = consistency.consistency_evidence(tournament.eras[valid], tournament.targets[valid], values[valid],
-                                                 self.rules)
-        loss = consistency.logloss(tournament.targets[valid], values[valid], self.rules.logloss_epsilon)
-        return found, loss
 
     def dispatch(self, job):
         """Consistency and logloss on validation rows, written in one transition."""
         claim = job.claim
-        rnd = self.rounds.get(claim.doc["competition_id"])
-        found, loss = self.measure(job, rnd)
-        score = found["consistency"]
-        self.store.dispatched(claim, score, loss, self.provenance.fields("consistency", found, rnd, self.rules))
+        doc = claim.doc
+        with self.rounds.hold(doc["competition_id"]) as rnd:
+            values = self.predictions(job, rnd)
+            # Prepared now, while the parsed values are at hand, so later submissions'
+            # originality checks find it instead of reading the file again.
+            self.rounds.prepare(rnd, job.submission_id, doc["username"], doc["filename"], values)
+            score, loss, fields = self.consistency_fields(job, rnd)
+        self.store.dispatched(claim, score, loss, fields)
+        claim.doc.setdefault("provenance", {})["dataset_version"] = rnd.version  # as written: the checks compare it
         self.touch_board(claim)
         log.info("%s: consistency %.1f%%, validation logloss %.5f", job.submission_id, score, loss)
 
@@ -228,17 +240,50 @@ class CheckWorker(Worker):
     def process(self, job):
         claim = job.claim
         if job.complete is None:
-            rnd = self.rounds.get(claim.doc["competition_id"])
-            value, found = self.judge(job, claim.doc, rnd)
-            log.info("%s: %s = %s", job.submission_id, self.check, bool(value))
-            fields = self.provenance.fields(self.evidence, found, rnd, self.rules)
-            job.complete = job.verdicts.add(self.check, bool(value), fields)
+            with self.rounds.hold(claim.doc["competition_id"]) as rnd:
+                value, found = self.judge(job, claim.doc, rnd)
+                log.info("%s: %s = %s", job.submission_id, self.check, bool(value))
+                fields = self.provenance.fields(self.evidence, found, rnd, self.rules)
+                job.complete = job.verdicts.add(self.check, bool(value), fields)
             if job.complete is None:
                 return "ok"
+        if not job.aligned:
+            self.align(job)
+            job.aligned = True
         self.store.judged(claim, job.complete, job.verdicts.evidence)
         self.metrics.outcome("done")
         self.touch_board(claim)
         return "ok"
+
+    def align(self, job):
+        """Make every verdict of the final write one judged on the round's current dataset.
+
+        The dataset may be replaced between dispatch and the checks, or
+        between the two checks; a write mixing versions would be judged on
+        no dataset at all. So the check that completes the set compares the
+        version each part was judged on (consistency's from dispatch, each
+        check's from its provenance) with the current round's and judges
+        again, on the current rows, whatever was judged on another.
+        """
+        claim = job.claim
+        doc = claim.doc
+        evidence = job.verdicts.evidence
+        with self.rounds.hold(doc["competition_id"]) as rnd:
+            dispatched_on = (doc.get("provenance") or {}).get("dataset_version")
+            if dispatched_on is not None and dispatched_on != rnd.version:
+                score, loss, fields = self.consistency_fields(job, rnd)
+                log.info("%s: the dataset changed since dispatch; consistency on the new rows is %.1f%%",
+                         job.submission_id, score)
+                evidence.update(fields, consistency=score)
+            for worker in CHECK_WORKERS:
+                judged_on = (evidence.get("provenance.judged_by.%s" % worker.evidence) or {}).get("dataset_version")
+                if worker.check in job.complete and judged_on != rnd.version:
+                    # the judges use only what every worker has, so any worker can run either
+                    value, found = worker.judge(self, job, doc, rnd)
+                    log.info("%s: the dataset changed since %s was judged; on the new rows %s = %s",
+                             job.submission_id, worker.check, worker.check, bool(value))
+                    job.complete[worker.check] = bool(value)
+                    evidence.update(self.provenance.fields(worker.evidence, found, rnd, self.rules))
 
 
 class ConcordanceWorker(CheckWorker):
@@ -265,17 +310,13 @@ class OriginalityWorker(CheckWorker):
     def judge(self, job, doc, rnd):
         values = self.predictions(job, rnd)
         others = self.members.latest_others(doc["competition_id"], doc["username"], doc["created"])
-        keys, left_out = [], []
-        for other in others:
-            try:
-                self.rounds.prepare(rnd, other["submission_id"], other["username"], other["filename"])
-                keys.append(other["submission_id"])
-            except PERMANENT as exc:
-                log.warning("%s: skipping %s's submission %s in originality: %s",
-                            job.submission_id, other["username"], other["submission_id"], reason(exc))
-                left_out.append({"submission_id": other["submission_id"], "username": other["username"],
-                                 "reason": reason(exc)})
-        found = rnd.index.explain(values, keys, self.rules)  # its verdict is is_original's, exactly
+        # its verdict is is_original's, exactly, over the submissions that counted
+        found, left_out = self.rounds.compare(rnd, job.submission_id, values, others, self.rules)
         self.rounds.prepare(rnd, job.submission_id, doc["username"], doc["filename"], values)
-        log.info("%s: compared with %d other submissions", job.submission_id, len(keys))
+        log.info("%s: compared with %d other submissions, %d left out", job.submission_id, found["compared"],
+                 len(left_out))
         return found["original"], named_originality(found, others, left_out)
+
+
+#: The checks, for :meth:`CheckWorker.align` to judge again whichever was judged on a replaced dataset.
+CHECK_WORKERS = (ConcordanceWorker, OriginalityWorker)

@@ -3,6 +3,7 @@ import math
 
 import numpy as np
 
+from scoring.errors import DataError
 from scoring.rules import Rules
 
 
@@ -47,7 +48,7 @@ def consistency_evidence(eras, targets, probabilities, rules=Rules()):
     losses = row_losses(targets, probabilities, rules.logloss_epsilon)
     names = np.unique(eras)
     if not len(names):
-        raise ValueError("no validation eras to judge consistency on")
+        raise DataError("no validation eras to judge consistency on")
     per_era = []
     for era in names:
         mine = losses[eras == era]

@@ -10,11 +10,13 @@ import dataclasses
 import numpy as np
 import pandas as pd
 
+from scoring.errors import DataError
+
 TRAINING_FILE = "numerai_training_data.csv"
 TOURNAMENT_FILE = "numerai_tournament_data.csv"
 
 
-class DatasetError(ValueError):
+class DatasetError(DataError):
     """The round's data cannot be used; the message says why."""
 
 

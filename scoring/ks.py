@@ -7,6 +7,8 @@ observed value with ``side='right'``.
 """
 import numpy as np
 
+from scoring.errors import DataError
+
 
 def ks_counts(a_sorted, b_sorted):
     """Return max |#a<=x - #b<=x| over all x, for equal-length sorted arrays.
@@ -28,7 +30,7 @@ def ks_statistic(a_sorted, b_sorted):
     """
     n1, n2 = len(a_sorted), len(b_sorted)
     if n1 == 0 or n2 == 0:
-        raise ValueError("KS statistic needs two non-empty samples")
+        raise DataError("KS statistic needs two non-empty samples")
     if n1 == n2:
         return ks_counts(a_sorted, b_sorted) / n1
     both = np.concatenate([a_sorted, b_sorted])

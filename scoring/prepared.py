@@ -36,6 +36,7 @@ import threading
 
 import numpy as np
 
+from scoring.errors import DataError
 from scoring.evidence import CLOSEST, OFFENDER_CAP, originality_evidence, originality_record, ranked_correlation
 from scoring.originality import is_constant, pearson, too_correlated
 from scoring.rules import Rules
@@ -172,6 +173,18 @@ def grid_counts(ordered, grid):
 def recover(centered32, mean, scale):
     """Rebuild values written with at most log10(scale) decimals from the float32 copy."""
     return np.rint((mean + centered32.astype(np.float64)) * scale) / scale
+
+
+class ExactValuesChanged(RuntimeError):
+    """``fetch_exact(key)`` returned values other than those added under ``key``.
+
+    The check cannot go on with that submission: its float32 copy and its
+    exact values disagree. ``key`` says which, so a caller can leave it out.
+    """
+
+    def __init__(self, key):
+        super().__init__("fetch_exact(%r) returned values other than those added" % (key,))
+        self.key = key
 
 
 @dataclasses.dataclass(frozen=True)
@@ -370,9 +383,10 @@ class PreparedRound:
         """Prepare ``values`` (float64 in round row order) under ``key``.
 
         An existing key is replaced, or left alone when its values are
-        provably identical. Raises ValueError for values of the wrong
-        length, non-finite values, or values that could not be recovered
-        exactly later because no ``fetch_exact`` was given.
+        provably identical. Raises :class:`~scoring.errors.DataError` for
+        values of the wrong length or non-finite values, and ValueError (a
+        caller's bug) for values that could not be recovered exactly later
+        because no ``fetch_exact`` was given.
         """
         values = self._validated(values, setting_up=True)
         vector = prepare(values, self._grid, self._blocks)
@@ -390,17 +404,27 @@ class PreparedRound:
             if old is not None:
                 self._retire(old)
 
+    def discard(self, key):
+        """Forget ``key`` (no error when absent): a submission whose exact values can no longer be read.
+
+        Its slot is reused only once no check is running, like a replaced one's.
+        """
+        with self._lock:
+            slot = self._slot_of.pop(key, None)
+            if slot is not None:
+                self._retire(slot)
+
     def _validated(self, values, setting_up=False):
         values = np.ascontiguousarray(values, dtype=np.float64)
         if values.ndim != 1 or values.size == 0:
-            raise ValueError("predictions must be a non-empty 1-d array")
+            raise DataError("predictions must be a non-empty 1-d array")
         if not np.all(np.isfinite(values)):
-            raise ValueError("predictions must be finite")
+            raise DataError("predictions must be finite numbers")
         with self._lock:
             if self._n is None and setting_up:
                 self._set_round(values)
             if values.size != self._n:
-                raise ValueError("this round has %s rows, got %d" % (self._n, values.size))
+                raise DataError("this round has %s rows, the predictions have %d" % (self._n, values.size))
         return values
 
     def _set_round(self, values):
@@ -524,7 +548,7 @@ class PreparedRound:
         values = np.ascontiguousarray(self._fetch_exact(snapshot.keys[position]), dtype=np.float64)
         row = snapshot.segments[slot // SEGMENT_ROWS].data[:, slot % SEGMENT_ROWS, :].reshape(-1)[: snapshot.n]
         if values.shape != (snapshot.n,) or not np.array_equal((values - snapshot.meta["mean"][slot]).astype(np.float32), row):
-            raise RuntimeError("fetch_exact(%r) returned values other than those added" % (snapshot.keys[position],))
+            raise ExactValuesChanged(snapshot.keys[position])
         return values
 
 

@@ -9,11 +9,13 @@ import io
 import numpy as np
 import pandas as pd
 
+from scoring.errors import DataError
+
 #: How many offending ids or rows a message quotes.
 EXAMPLES = 3
 
 
-class SubmissionError(ValueError):
+class SubmissionError(DataError):
     """The submission file cannot be judged; the message says why."""
 
 

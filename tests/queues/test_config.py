@@ -140,11 +140,12 @@ def test_host_can_be_set(env):
 
 
 # -- numbers --------------------------------------------------------------------------
-INTEGERS = ("PORT", "HTTP_THREADS", "ORIGINALITY_THREADS", "MONGO_TIMEOUT_MS", "WEB_CONCURRENCY")
-FLOATS = ("STOP_TIMEOUT", "RECOVERY_INTERVAL", "LEASE_SECONDS")
+INTEGERS = ("PORT", "HTTP_THREADS", "ORIGINALITY_THREADS", "MONGO_TIMEOUT_MS", "WEB_CONCURRENCY", "ROUND_MEMORY_MB")
+FLOATS = ("STOP_TIMEOUT", "RECOVERY_INTERVAL", "LEASE_SECONDS", "LATE_FILE_SECONDS", "ROUND_IDLE_SECONDS")
 FIELD = {"PORT": "port", "HTTP_THREADS": "http_threads", "ORIGINALITY_THREADS": "originality_threads",
          "MONGO_TIMEOUT_MS": "mongo_timeout_ms", "STOP_TIMEOUT": "stop_timeout", "RECOVERY_INTERVAL": "recovery_interval",
-         "WEB_CONCURRENCY": "workers", "LEASE_SECONDS": "lease_seconds"}
+         "WEB_CONCURRENCY": "workers", "LEASE_SECONDS": "lease_seconds", "LATE_FILE_SECONDS": "late_file_seconds",
+         "ROUND_IDLE_SECONDS": "round_idle_seconds", "ROUND_MEMORY_MB": "round_memory_mb"}
 
 
 @pytest.mark.parametrize("name", INTEGERS + FLOATS)
@@ -169,7 +170,8 @@ def test_integers_reject_fractions(env, name):
 @pytest.mark.parametrize("name, value, expected", [
     ("PORT", "8080", 8080), ("HTTP_THREADS", "4", 4), ("ORIGINALITY_THREADS", "3", 3),
     ("MONGO_TIMEOUT_MS", "250", 250), ("STOP_TIMEOUT", "2.5", 2.5), ("RECOVERY_INTERVAL", "7", 7.0),
-    ("WEB_CONCURRENCY", "3", 3), ("LEASE_SECONDS", "12.5", 12.5),
+    ("WEB_CONCURRENCY", "3", 3), ("LEASE_SECONDS", "12.5", 12.5), ("LATE_FILE_SECONDS", "45", 45.0),
+    ("ROUND_IDLE_SECONDS", "600", 600.0), ("ROUND_MEMORY_MB", "256", 256),
 ])
 def test_good_numbers_are_read(env, name, value, expected):
     env[name] = value

@@ -6,6 +6,7 @@ import pytest
 from queues import errors
 from queues.errors import PERMANENT, MissingFile, MissingSubmission, PermanentError, is_transient, reason
 from scoring.dataset import DatasetError
+from scoring.errors import DataError
 from scoring.submission import SubmissionError
 
 
@@ -73,7 +74,7 @@ def test_proxy_connection_error_is_transient():
 
 
 @pytest.mark.parametrize("exc", [MissingFile("x"), MissingSubmission("x"), PermanentError("x"),
-                                 SubmissionError("x"), DatasetError("x")])
+                                 SubmissionError("x"), DatasetError("x"), DataError("x")])
 def test_permanent_failures_are_caught_by_PERMANENT(exc):
     with pytest.raises(PERMANENT):
         raise exc

@@ -73,7 +73,7 @@ def test_original_names_the_closest(base):
     assert explain.sentence(doc, "originality") == (
         "original: compared with 2 other submissions; closest distribution bob's submission %s (KS 0.02, duplicate "
         "below 0.005, similar at or below 0.03); strongest correlation alice's submission %s (|correlation| %s <= 0.95); "
-        "1 submission similar, 2 would make it not original; 1 earlier submission left out (unreadable files)"
+        "1 submission similar, 2 would make it not original; 1 earlier submission left out (missing or unreadable files)"
         % (BOB, ALICE, explain.number(r)))
 
 

@@ -88,5 +88,6 @@ def test_fields_written_with_a_verdict():
         "provenance.rules": dataclasses.asdict(rules),
         "provenance.dataset_version": "etag-123",
         "provenance.server": "judge-1",
-        "provenance.judged_by.concordance": {"server": "judge-1", "scorer_version": "1.1.0+git.abc"},
+        "provenance.judged_by.concordance": {"server": "judge-1", "scorer_version": "1.1.0+git.abc",
+                                             "dataset_version": "etag-123"},  # what this check was judged on
     }

@@ -13,7 +13,7 @@ import pytest
 from queues import demo
 from queues.errors import MissingFile
 from queues.rounds import Rounds
-from scoring import concordance
+from scoring import concordance, evidence, originality
 from scoring.dataset import TOURNAMENT_FILE, TRAINING_FILE, DatasetError
 from scoring.prepared import PreparedRound
 from scoring.submission import SubmissionError, parse_submission
@@ -342,3 +342,192 @@ def test_prepare_with_values_does_not_read_the_file(counting, cache, rules, mode
     rounds.prepare(rnd, "s2", "carol", "never-uploaded.csv", values=model(4))
     assert counting.calls["submission"] == 0
     assert "s2" in rnd.index
+
+
+# -- originality against others whose files fail when read again -------------------------------------
+def precise_file(ids, values):
+    """Every digit of float64 values: the index cannot rebuild them from its float32 copy."""
+    return ("id,probability\n" + "".join("%s,%r\n" % (i, float(v)) for i, v in zip(ids, values))).encode()
+
+
+@pytest.mark.parametrize("how", ["deleted", "broken", "changed"])
+def test_compare_leaves_out_a_file_that_fails_when_read_again(files, cache, rules, round_frames, model, how):
+    """fetch_exact raising for one other submission: that one is dropped from the index and left out with
+    its reason, and the evidence is exactly the plain rule's over the submissions that counted."""
+    ids = round_frames[1]["id"]
+    rng = np.random.default_rng(11)
+    rounds = Rounds(files, cache, rules, lambda fetch_exact: PreparedRound(fetch_exact, grid_points=1))
+    rnd = rounds.get(ROUND)
+    others, values = [], {}
+    made = {"alice": np.clip(model(1) + rng.normal(scale=1e-9, size=len(ids)), 0, 1),
+            "bob": rng.random(len(ids)), "carol": rng.beta(2, 5, size=len(ids))}  # unlike alice's
+    for name in ["alice", "bob", "carol"]:
+        files.put_submission(name, "p.csv", precise_file(ids, made[name]))
+        values[name] = rounds.predictions(rnd, name, "p.csv")
+        others.append({"submission_id": "s-" + name, "username": name, "filename": "p.csv", "created": None})
+        rounds.prepare(rnd, "s-" + name, name, "p.csv")
+    candidate = values["alice"] + rng.normal(scale=1e-7, size=len(ids))  # a near copy of alice's
+    assert originality.is_original(candidate, list(values.values()), rules) is False
+    if how == "deleted":
+        os.remove(files.submission_path("alice", "p.csv"))
+    elif how == "broken":
+        files.put_submission("alice", "p.csv", b"id,probability\n")
+    else:
+        files.put_submission("alice", "p.csv", precise_file(ids, rng.random(len(ids))))
+    found, left_out = rounds.compare(rnd, "s-cand", candidate, others, rules)
+    reasons = {"deleted": "not in storage", "broken": "no predictions", "changed": "changed after"}
+    assert [(o["submission_id"], o["username"]) for o in left_out] == [("s-alice", "alice")]
+    assert reasons[how] in left_out[0]["reason"]
+    assert "s-alice" not in rnd.index and "s-alice" not in rnd.sources
+    counted = [("s-bob", values["bob"]), ("s-carol", values["carol"])]
+    assert found == evidence.originality_evidence(candidate, counted, rules)
+    assert found["original"] is originality.is_original(candidate, [v for _, v in counted], rules) is True
+
+
+def test_compare_waits_for_a_late_file_and_leaves_out_what_cannot_arrive(files, cache, rules, model):
+    import datetime
+    from queues.errors import LateFile
+    submitted = datetime.datetime(2026, 5, 1, 12, 0)
+    now = [submitted + datetime.timedelta(seconds=59)]
+    rounds = Rounds(files, cache, rules, PreparedRound, late_file_seconds=60, now=lambda: now[0])
+    rnd = rounds.get(ROUND)
+    late = {"submission_id": "s-late", "username": "mallory", "filename": "p.csv", "created": submitted}
+    nameless = {"submission_id": "s-nameless", "username": "oscar", "filename": None, "created": submitted}
+    with pytest.raises(LateFile, match="mallory's s-late"):
+        rounds.compare(rnd, "s-cand", model(1), [late, nameless], rules)
+    now[0] = submitted + datetime.timedelta(seconds=60)
+    found, left_out = rounds.compare(rnd, "s-cand", model(1), [late, nameless], rules)
+    assert found["compared"] == 0 and found["original"] is True
+    assert [o["submission_id"] for o in left_out] == ["s-late", "s-nameless"]
+    assert "not in storage" in left_out[0]["reason"] and "no filename" in left_out[1]["reason"]
+
+
+# -- memory: idle rounds leave, a budget bounds the rest, held rounds stay -----------------------------
+class Ticks:
+    """A monotonic clock the test moves."""
+
+    def __init__(self):
+        self.now = 0.0
+
+    def __call__(self):
+        return self.now
+
+
+@pytest.fixture
+def ticks():
+    return Ticks()
+
+
+@pytest.fixture
+def three_rounds(files, round_zip):
+    for competition_id in (42, 43):
+        files.put_dataset(competition_id, str(round_zip))
+    return (41, 42, 43)
+
+
+def evictions(metrics, why):
+    return metrics.round_evictions.labels(why)._value.get()
+
+
+def test_the_memory_budget_drops_the_least_recently_used_round(files, cache, rules, ticks, metrics, three_rounds):
+    one = Rounds(files, cache, rules, PreparedRound).get(41).nbytes
+    rounds = Rounds(files, cache, rules, PreparedRound, memory_bytes=int(2.5 * one), clock=ticks, metrics=metrics,
+                    version_check_seconds=10 ** 6)
+    first = rounds.get(41)
+    ticks.now = 1
+    rounds.get(42)
+    ticks.now = 2
+    assert rounds.get(41) is first  # 41 is now more recently used than 42
+    ticks.now = 3
+    rounds.get(43)
+    assert sorted(rounds.memory()) == [41, 43]
+    assert evictions(metrics, "memory") == 1 and evictions(metrics, "idle") == 0
+    ticks.now = 3.5
+    assert rounds.get(41) is first  # kept, not reloaded
+    ticks.now = 4
+    assert rounds.get(42) is not None and sorted(rounds.memory()) == [41, 42]  # 43 was the oldest use now
+    assert sum(rounds.memory().values()) <= rounds.memory_bytes
+
+
+def test_a_held_round_is_never_dropped_and_keeps_working_once_dropped(files, cache, rules, ticks, metrics,
+                                                                       three_rounds, model):
+    rounds = Rounds(files, cache, rules, PreparedRound, memory_bytes=1, clock=ticks, metrics=metrics,
+                    idle_seconds=60, version_check_seconds=10 ** 6)
+    with rounds.hold(41) as held:
+        rounds.prepare(held, "s1", "alice", "a.csv", values=model(1))
+        ticks.now = 1
+        rounds.get(42)  # over the budget: 42 itself is kept while returned, 41 is held
+        assert 41 in rounds.memory()
+        ticks.now = 1000
+        assert rounds.evict_idle() == [42]  # idle, and not held
+        assert 41 in rounds.memory()
+    ticks.now = 2000
+    rounds.evict_idle()
+    assert 41 not in rounds.memory()
+    # whoever still has the dropped object can finish with it
+    assert held.index.is_original(model(1), ["s1"], rules) is False
+    assert rounds.get(41) is not held and "s1" not in rounds.get(41).index  # loaded afresh on demand
+
+
+def test_idle_rounds_leave_memory_on_the_injected_clock(files, cache, rules, ticks, metrics, three_rounds):
+    rounds = Rounds(files, cache, rules, PreparedRound, idle_seconds=600, clock=ticks, metrics=metrics,
+                    version_check_seconds=10 ** 6)
+    rounds.get(41)
+    ticks.now = 300
+    rounds.get(42)
+    ticks.now = 599.5
+    assert rounds.evict_idle() == []
+    ticks.now = 600
+    assert rounds.evict_idle() == [41]
+    assert sorted(rounds.memory()) == [42]
+    ticks.now = 900
+    assert rounds.evict_idle() == [42] and rounds.memory() == {}
+    assert evictions(metrics, "idle") == 2
+
+
+def test_round_memory_is_exported(files, cache, rules, metrics, model):
+    from tests.queues.test_metrics import scrape, value
+    samples = scrape(metrics)
+    assert value(samples, "criteria_rounds_memory_bytes") == 0
+    for why in ("idle", "memory", "replaced"):
+        assert value(samples, "criteria_round_evictions_total", reason=why) == 0
+    rounds = Rounds(files, cache, rules, PreparedRound, metrics=metrics)
+    rnd = rounds.get(ROUND)
+    before = value(scrape(metrics), "criteria_round_memory_bytes", round=str(ROUND))
+    assert before == rnd.nbytes > rnd.tournament.features.nbytes
+    rounds.prepare(rnd, "s1", "alice", "a.csv", values=model(1))
+    samples = scrape(metrics)
+    assert value(samples, "criteria_round_memory_bytes", round=str(ROUND)) == rnd.nbytes > before
+    assert value(samples, "criteria_rounds_memory_bytes") == rnd.nbytes
+
+
+# -- a replaced dataset is noticed by its version ----------------------------------------------------
+def replace_dataset(files, tmp_path, training, tournament):
+    """Put another dataset in place, its version surely different (mtime moved on)."""
+    old = files.dataset_version(ROUND)
+    path = tmp_path / ("replacement-%s.zip" % old)
+    path.write_bytes(demo.dataset_zip(training, tournament))
+    files.put_dataset(ROUND, str(path))
+    stat = os.stat(files.dataset_path(ROUND))
+    os.utime(files.dataset_path(ROUND), ns=(stat.st_atime_ns, stat.st_mtime_ns + 10 ** 9))
+    assert files.dataset_version(ROUND) != old
+
+
+def test_a_replaced_dataset_is_noticed_within_the_check_interval(counting, cache, rules, ticks, metrics, files,
+                                                                  tmp_path, round_frames):
+    rounds = Rounds(counting, cache, rules, PreparedRound, clock=ticks, metrics=metrics, version_check_seconds=5)
+    old = rounds.get(ROUND)
+    training, tournament = round_frames
+    shuffled = tournament.sample(frac=1, random_state=3).reset_index(drop=True)
+    replace_dataset(files, tmp_path, training, shuffled)
+    ticks.now = 4.9
+    assert rounds.get(ROUND) is old and counting.calls["dataset_version"] == 0  # no HEAD within the interval
+    ticks.now = 5
+    new = rounds.get(ROUND)
+    assert new is not old and new.version == files.dataset_version(ROUND) != old.version
+    assert list(new.tournament.ids) == list(shuffled["id"]) and len(new.index) == 0
+    assert evictions(metrics, "replaced") == 1
+    ticks.now = 6
+    assert rounds.get(ROUND) is new and counting.calls["dataset_version"] == 1
+    ticks.now = 10
+    assert rounds.get(ROUND) is new and counting.calls["dataset_version"] == 2  # unchanged: kept

@@ -17,7 +17,7 @@ import pymongo.errors
 import pytest
 from bson import ObjectId
 
-from queues import workers
+from queues import demo, explain, workers
 from queues.errors import PermanentError
 from queues.explain import named_originality
 from queues.leaderboard import desired_entry, newest
@@ -400,6 +400,35 @@ def test_a_bug_is_recorded_as_an_internal_error_and_the_loop_goes_on(
     assert not pipeline.in_flight(DISPATCH, first) and not pipeline.in_flight(DISPATCH, second)
 
 
+def test_bad_data_found_by_scoring_fails_with_its_reason_not_an_internal_error(submit, store, pipeline, stages,
+                                                                               model, monkeypatch):
+    """scoring's DataError (here: consistency given no validation eras) is the data's fault: a permanent
+    failure whose reason a person can read, where before any ValueError became "internal error"."""
+    real = workers.consistency.consistency_evidence
+
+    def no_eras(eras, targets, values, rules):
+        return real(eras[:0], targets[:0], values[:0], rules)  # the real rule, on data it cannot judge
+
+    monkeypatch.setattr(workers.consistency, "consistency_evidence", no_eras)
+    sid = submit("alice", model(1))
+    assert score(store, pipeline, stages, sid) == [(DISPATCH, sid, "failed")]
+    doc = store.get(sid)
+    assert doc["processing"]["error"] == "no validation eras to judge consistency on"
+    assert "internal error" not in doc["original"]["error"]
+
+
+def test_a_plain_value_error_is_still_an_internal_error(submit, store, pipeline, stages, model, monkeypatch):
+    """Only scoring's DataError is the data's fault; a ValueError from anywhere else is a bug."""
+    def bug(*args, **kwargs):
+        raise ValueError("an index went wrong")
+
+    monkeypatch.setattr(workers.consistency, "consistency_evidence", bug)
+    sid = submit("alice", model(1))
+    assert score(store, pipeline, stages, sid) == [(DISPATCH, sid, "failed")]
+    error = store.get(sid)["processing"]["error"]
+    assert "internal error" in error and "ValueError" in error and "index went wrong" not in error
+
+
 def test_a_finished_submission_is_not_judged_again_by_a_stale_job(submit, store, pipeline, stages, model, monkeypatch):
     sid = submit("alice", model(1))
     token = accept(store, sid)
@@ -710,10 +739,187 @@ def test_every_verdict_is_written_with_its_evidence_and_provenance(
         assert provenance["dataset_version"] == rnd.version
         assert provenance["server"] == "%s:%d" % (socket.gethostname(), os.getpid())
         assert set(provenance["judged_at"]) == {"consistency", "concordance", "originality"}
-        assert provenance["judged_by"] == {check: {"server": provenance["server"], "scorer_version": provenance["scorer_version"]}
+        assert provenance["judged_by"] == {check: {"server": provenance["server"], "scorer_version": provenance["scorer_version"],
+                                                   "dataset_version": rnd.version}
                                            for check in ("consistency", "concordance", "originality")}
     carol = store.get(ids[2])["evidence"]["originality"]
     assert carol["original"] is False
     assert carol["counted_against"][0]["username"] == "alice"
     assert carol["counted_against"][0]["submission_id"] == ids[0]
     assert {"duplicate", "too correlated"} & set(carol["counted_against"][0]["clauses"])
+
+
+# -- never judged on partial data: other users' files that are late, broken or gone ----------------
+class Clock:
+    """The rounds' naive-UTC ``now``, moved by the test (the late-file wait is counted on it)."""
+
+    def __init__(self, now):
+        self.now = now
+
+    def __call__(self):
+        return self.now
+
+
+def test_another_users_missing_file_is_waited_for_then_compared(submit, store, files, pipeline, stages, rounds,
+                                                                 round_frames, model, metrics):
+    """A file not in storage yet may be late: the candidate is judged later, with it, not now without it."""
+    values = model(1)
+    late = submit("mallory", raw=False)   # the backend wrote the document; the upload is not there yet
+    zuz = submit("zuz", values)           # a copy of what mallory uploads
+    created = store.get(late)["created"]
+    rounds.now = Clock(created + datetime.timedelta(seconds=rounds.late_file_seconds - 1))
+    outcomes = score(store, pipeline, stages, zuz)
+    assert (ORIGINALITY, zuz, "deferred") in outcomes
+    doc = store.get(zuz)
+    assert doc["processing"]["state"] == SCORING and doc["original"] == PENDING and doc["concordant"] == PENDING
+    assert doc["processing"]["lease"]["expires"] <= utcnow()  # released: the next sweep takes it
+    assert metrics.outcomes.labels("failed")._value.get() == 0
+    files.put_submission("mallory", store.get(late)["filename"], demo.submission_csv(round_frames[1]["id"], values))
+    assert Recovery(pipeline, store, interval=60).sweep() == 1
+    assert {outcome for *_, outcome in drain(pipeline, stages)} == {"ok"}
+    doc = store.get(zuz)
+    assert doc["original"] == {"pending": False, "value": False}  # compared with mallory's copy
+    assert doc["evidence"]["originality"]["left_out"] == []
+    assert doc["evidence"]["originality"]["counted_against"][0]["submission_id"] == late
+
+
+def test_a_file_still_missing_after_the_wait_is_left_out_and_said(submit, store, pipeline, stages, rounds, model):
+    values = model(1)
+    late = submit("mallory", raw=False)
+    zuz = submit("zuz", values)
+    rounds.now = Clock(store.get(late)["created"] + datetime.timedelta(seconds=rounds.late_file_seconds))
+    assert {outcome for *_, outcome in score(store, pipeline, stages, zuz)} == {"ok"}
+    doc = store.get(zuz)
+    assert doc["original"] == {"pending": False, "value": True}
+    found = doc["evidence"]["originality"]
+    assert [(o["submission_id"], o["username"]) for o in found["left_out"]] == [(late, "mallory")]
+    assert "not in storage" in found["left_out"][0]["reason"] and found["left_out_total"] == 1
+    assert "1 earlier submission left out" in explain.sentence(doc, "originality")
+
+
+def test_a_broken_file_of_another_user_is_left_out_at_once(submit, store, pipeline, stages, rounds, model):
+    """Broken is broken: no wait, even for a file submitted a moment ago."""
+    broken = submit("mallory", raw=b"id,probability\n")
+    zuz = submit("zuz", model(1))
+    rounds.now = Clock(store.get(broken)["created"])
+    assert {outcome for *_, outcome in score(store, pipeline, stages, zuz)} == {"ok"}
+    left_out = store.get(zuz)["evidence"]["originality"]["left_out"]
+    assert [o["submission_id"] for o in left_out] == [broken] and "no predictions" in left_out[0]["reason"]
+
+
+def precise_file(ids, values):
+    """A submission file with every digit of float64 values: the index cannot rebuild them from float32."""
+    return ("id,probability\n" + "".join("%s,%r\n" % (i, float(v)) for i, v in zip(ids, values))).encode()
+
+
+def test_a_file_gone_when_its_exact_values_are_read_again_never_fails_the_candidate(
+        submit, store, files, pipeline, rules, metrics, board, members, round_frames, model, tmp_path):
+    """The index re-reads another user's file for exact values; that file deleted meanwhile is that
+    submission's problem: it is left out with the reason, and the candidate is judged without it."""
+    ids = round_frames[1]["id"]
+    rng = np.random.default_rng(5)
+    alice_values = np.clip(model(1) + rng.normal(scale=1e-9, size=len(ids)), 0, 1)
+    alice = submit("alice", raw=precise_file(ids, alice_values))
+    zuz = submit("zuz", raw=precise_file(ids, alice_values))  # a copy: not original while alice's counts
+    # one grid point: no KS bound decides, so exact values are read back for every pair
+    rounds = Rounds(files, str(tmp_path / "cache"), rules, lambda fetch_exact: PreparedRound(fetch_exact, grid_points=1))
+    stages = make_stages(pipeline, store, rounds, rules, metrics, board, members)
+    queue(store, pipeline, alice, zuz)
+    drain(pipeline, stages, order=(DISPATCH,))
+    assert alice in rounds.get(ROUND).index
+    os.remove(files.submission_path("alice", store.get(alice)["filename"]))
+    assert {outcome for *_, outcome in drain(pipeline, stages)} == {"ok"}
+    doc = store.get(zuz)
+    assert doc["processing"]["state"] == DONE
+    found = doc["evidence"]["originality"]
+    assert [(o["submission_id"], o["username"]) for o in found["left_out"]] == [(alice, "alice")]
+    assert "not in storage" in found["left_out"][0]["reason"]
+    assert doc["original"]["value"] is True and found["compared"] == 0  # the plain rule over nobody
+    assert alice not in rounds.get(ROUND).index
+
+
+# -- rounds leave memory and come back; a replaced dataset is judged on its new rows -------------------
+class Ticks:
+    """The rounds' monotonic clock, moved by the test."""
+
+    def __init__(self):
+        self.now = 0.0
+
+    def __call__(self):
+        return self.now
+
+
+def test_a_round_evicted_by_the_sweep_and_loaded_again_judges_the_same(submit, store, files, pipeline, rules, metrics,
+                                                                        board, members, model, tmp_path):
+    ticks = Ticks()
+    rounds = Rounds(files, str(tmp_path / "cache"), rules, PreparedRound, idle_seconds=600, clock=ticks,
+                    metrics=metrics)
+    stages = make_stages(pipeline, store, rounds, rules, metrics, board, members)
+    first = model(1)
+    early = [submit("alice", first), submit("bob", model(2))]
+    score(store, pipeline, stages, *early)
+    loaded = rounds.get(ROUND)
+    ticks.now = 600
+    Recovery(Pipeline(), store, interval=60, rounds=rounds).sweep()  # the sweep drops the idle round
+    assert rounds.memory() == {} and metrics.round_evictions.labels("idle")._value.get() == 1
+    late = [submit("carol", np.clip(first + 1e-5, 0, 1)), submit("dave", model(3)), submit("erin", model(2))]
+    score(store, pipeline, stages, *late)
+    assert rounds.get(ROUND) is not loaded
+    fresh = Rounds(files, str(tmp_path / "cache-2"), rules, PreparedRound)
+    for sid in early + late:
+        doc = store.get(sid)
+        want = expected_verdicts(fresh, store, sid, rules)
+        assert doc["processing"]["state"] == DONE
+        assert doc["consistency"] == want["consistency"]
+        assert (doc["concordant"]["value"], doc["original"]["value"]) == (want["concordant"], want["original"]), sid
+    assert store.get(late[0])["original"]["value"] is False  # the copy of alice's, judged after the reload
+
+
+def new_rows(round_frames):
+    """The round's data replaced: the same ids in another order, some validation targets flipped,
+    other training rows (so other clusters)."""
+    training, tournament = round_frames
+    tournament = tournament.sample(frac=1, random_state=5).reset_index(drop=True)
+    validation = tournament.index[tournament["data_type"] == "validation"]
+    flip = validation[: len(validation) // 3]
+    tournament.loc[flip, "target"] = 1 - tournament.loc[flip, "target"]
+    return training.sample(frac=0.7, random_state=6), tournament
+
+
+@pytest.mark.parametrize("replaced", ["after-dispatch", "between-the-checks"])
+def test_a_dataset_replaced_mid_round_gives_the_verdicts_of_the_new_data(submit, store, files, pipeline, rules, metrics,
+                                                                         board, members, model, round_frames, tmp_path,
+                                                                         replaced):
+    from tests.queues.test_rounds import replace_dataset
+    ticks = Ticks()
+    rounds = Rounds(files, str(tmp_path / "cache"), rules, PreparedRound, clock=ticks, version_check_seconds=5)
+    stages = make_stages(pipeline, store, rounds, rules, metrics, board, members)
+    first = model(1)
+    ids = [submit("alice", first), submit("bob", model(2)), submit("carol", np.clip(first + 1e-5, 0, 1)),
+           submit("dave", model(3))]
+    queue(store, pipeline, *ids)
+    drain(pipeline, stages, order=(DISPATCH,))
+    old = rounds.get(ROUND)
+    before = {sid: expected_verdicts(rounds, store, sid, rules) for sid in ids}
+    if replaced == "between-the-checks":
+        drain(pipeline, stages, order=(CONCORDANCE,))
+    replace_dataset(files, tmp_path, *new_rows(round_frames))
+    ticks.now = 5
+    assert {outcome for *_, outcome in drain(pipeline, stages)} == {"ok"}
+    new = rounds.get(ROUND)
+    assert new.version != old.version
+    fresh = Rounds(files, str(tmp_path / "cache-2"), rules, PreparedRound)
+    changed = 0
+    for sid in ids:
+        doc = store.get(sid)
+        want = expected_verdicts(fresh, store, sid, rules)
+        assert doc["processing"]["state"] == DONE
+        assert doc["consistency"] == want["consistency"], sid
+        assert doc["concordant"]["value"] == want["concordant"] and doc["original"]["value"] == want["original"], sid
+        assert doc["evidence"]["consistency"]["consistency"] == want["consistency"]
+        provenance = doc["provenance"]
+        assert provenance["dataset_version"] == new.version
+        assert {check: who["dataset_version"] for check, who in provenance["judged_by"].items()} == \
+               dict.fromkeys(("consistency", "concordance", "originality"), new.version)
+        changed += want["consistency"] != before[sid]["consistency"]
+    assert changed  # the new rows judge differently: the test can tell old verdicts from new

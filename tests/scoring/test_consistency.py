@@ -7,6 +7,7 @@ import pytest
 from sklearn.metrics import log_loss
 
 from scoring.consistency import consistency, logloss
+from scoring.errors import DataError
 from scoring.rules import Rules
 from tests.conftest import sample_paths
 
@@ -144,9 +145,9 @@ def test_benchmark_era_does_not_count_among_others():
     assert consistency(eras, y, p) == 50
 
 
-def test_no_eras_raises_value_error():
+def test_no_eras_raises_a_data_error():
     empty = np.array([], dtype=np.float64)
-    with pytest.raises(ValueError, match="era"):
+    with pytest.raises(DataError, match="era"):
         consistency(np.array([], dtype=str), empty, empty)
 
 

@@ -14,6 +14,7 @@ import pytest
 import scipy.stats
 
 from scoring import originality
+from scoring.errors import DataError
 from scoring.ks import ks_counts, ks_statistic
 from scoring.prepared import (
     BLOCK,
@@ -430,12 +431,15 @@ def test_add_replace_remove_and_errors():
     assert prepared.is_original(a, ["k"]) is originality.is_original(a, [b])
     with pytest.raises(KeyError):
         prepared.is_original(a, ["k", "absent"])
-    with pytest.raises(ValueError):
+    with pytest.raises(DataError, match="300 rows"):
         prepared.add("short", a[:-1])
-    with pytest.raises(ValueError):
+    with pytest.raises(DataError):
         prepared.is_original(a[:-1], ["k"])
-    with pytest.raises(ValueError):
-        prepared.add("precise", rng.random(300))  # not recoverable and no fetch_exact
+    with pytest.raises(DataError, match="finite"):
+        prepared.add("inf", np.where(np.arange(300) == 7, np.inf, a))
+    with pytest.raises(ValueError) as raised:
+        prepared.add("precise", rng.random(300))  # not recoverable and no fetch_exact: the caller's bug
+    assert not isinstance(raised.value, DataError)
 
 
 def test_fetch_exact_returning_other_values_is_refused():
@@ -545,3 +549,21 @@ def test_slots_freed_during_a_check_are_not_rewritten_under_it():
     assert interleaved == ["f"]
     assert prepared.is_original(candidate, keys) is plain
     assert prepared.is_original(candidate, keys + ["churn0"]) is originality.is_original(candidate, [candidate]) is False
+
+
+def test_discard_forgets_a_key_and_reuses_its_slot_only_after_running_checks():
+    rng = np.random.default_rng(12)
+    a, b, c = (np.round(rng.random(300), 5) for _ in range(3))
+    prepared = PreparedRound()
+    prepared.add("a", a)
+    prepared.add("b", b)
+    held = prepared.nbytes
+    snapshot = prepared._snapshot(["a", "b"])  # a check is running
+    prepared.discard("a")
+    prepared.discard("absent")  # no error
+    assert "a" not in prepared and len(prepared) == 1
+    prepared.add("c", c)  # must not take a's slot while the check may still read it
+    assert np.array_equal(prepared._stored_values(snapshot.segments, snapshot.meta, snapshot.slots[0], 300), a)
+    prepared._release(dict.fromkeys(("pairs", "correlation_exact", "ks_exact", "fetched"), 0))
+    assert prepared.is_original(a, ["b", "c"]) is originality.is_original(a, [b, c])
+    assert prepared.nbytes >= held
