@@ -324,3 +324,58 @@ class Rescorer:
                     "originality": originality_found}
         return {"state": DONE, "consistency": score, "concordant": bool(concordant),
                 "original": bool(original), "error": None}, evidence
+
+
+class Busy(RuntimeError):
+    """Another run of the round is open, for other submissions than those asked for."""
+
+
+def follow(rescorer, competition_id, only=None, period=1.0):
+    """Open a run (or join the open one of the same scope) and drive it here until it closes.
+
+    Returns the finished run with its changes, or None when the pipeline's
+    stop flag was set first: the run stays open and whoever drives it next
+    finishes it.
+    """
+    run, opened = rescorer.request(competition_id, only)
+    wanted = sorted(set(only)) if only else None
+    if not opened and wanted is not None and run.get("only") != wanted:
+        raise Busy("round %d is being re-scored already for %s (run %s, requested at %s by %s); wait for it to "
+                   "finish, then ask again" % (competition_id, "%d listed submissions" % len(run["only"])
+                                              if run.get("only") else "every submission", run["run"],
+                                              run.get("requested_at"), run.get("requested_by")))
+    rid = run["run"]
+    log.info("round %s: %s re-score %s", competition_id, "started" if opened else "joined the open", rid)
+    stop, said = rescorer.pipeline.stop, None
+    while not stop.is_set():
+        rescorer.step()
+        current, _ = rescorer.store.open_rescore_of(competition_id)
+        if current is None or current["run"] != rid:
+            return rescorer.status(competition_id, rid)
+        left = rescorer.store.rescore_left(scope(current), rid)
+        if left != said:
+            log.info("round %s: re-score %s has %d submissions left", competition_id, rid, left)
+            said = left
+        stop.wait(period)
+    return None
+
+
+def rules_line(rules):
+    """The rules a run used, naming only those that differ from the tournament's defaults."""
+    defaults = dataclasses.asdict(Rules())
+    changed = ["%s=%s (default %s)" % (name, value, defaults.get(name)) for name, value in sorted((rules or {}).items())
+               if defaults.get(name) != value]
+    return ", ".join(changed) if changed else "the defaults"
+
+
+def report(result, out, as_json=False):
+    """Print a finished or dry run: a headline, the rules, one line per change (or JSON)."""
+    if as_json:
+        out.write(json.dumps(result, default=str, indent=1, sort_keys=True) + "\n")
+        return
+    what = ("dry run of a re-score of round %s (nothing written)" % result["competition_id"] if result.get("dry_run")
+            else "re-score %s of round %s" % (result["run"], result.get("competition_id")))
+    out.write("%s: %d submissions judged again, %d changed\n" % (what, result["submissions"], result["changed"]))
+    out.write("rules: %s\n" % rules_line(result.get("rules")))
+    for entry in result["changes"]:
+        out.write("  %s\n" % describe(entry))

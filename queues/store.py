@@ -29,7 +29,6 @@ import os
 import socket
 import threading
 
-import pymongo
 from bson import ObjectId
 
 log = logging.getLogger(__name__)
