@@ -153,8 +153,7 @@ class Rescorer:
         if not self.store.round_exists(competition_id):
             raise NoSuchRound("round %d has no submissions" % competition_id)
         if only:
-            found = {str(doc["_id"]) for doc in self.store.submissions.find(
-                {"competition_id": int(competition_id), "_id": {"$in": [ObjectId(sid) for sid in only]}}, {"_id": 1})}
+            found = self.store.members_among(competition_id, only)
             strangers = [sid for sid in only if sid not in found]
             if strangers:
                 raise NoSuchRound("not submissions of round %d: %s" % (competition_id, ", ".join(strangers)))
@@ -286,8 +285,7 @@ class Rescorer:
         """What a run would change, judged in memory now; writes nothing. ``{submissions, changes}``."""
         self.check_scope(competition_id, only)
         run = {"competition_id": competition_id, "only": only, "requested_at": utcnow()}
-        docs = list(self.store.submissions.find({**scope(run), "processing.state": {"$in": [DONE, FAILED]}})
-                    .sort([("created", 1), ("_id", 1)]))
+        docs = self.store.settled(scope(run))
         changes = []
         for doc in docs:
             before = judgement(doc, doc.get("processing") or {})

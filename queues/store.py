@@ -345,6 +345,17 @@ class Store:
         """True when any submission belongs to the round."""
         return self.submissions.find_one({"competition_id": int(competition_id)}, {"_id": 1}) is not None
 
+    def members_among(self, competition_id, submission_ids):
+        """Which of these ids are submissions of the round."""
+        return {str(doc["_id"]) for doc in self.submissions.find(
+            {"competition_id": int(competition_id), "_id": {"$in": [ObjectId(sid) for sid in submission_ids]}},
+            {"_id": 1})}
+
+    def settled(self, within):
+        """Every settled submission matching ``within``, oldest first (whole documents)."""
+        return list(self.submissions.find({**within, "processing.state": {"$in": list(SETTLED)}})
+                    .sort([("created", 1), ("_id", 1)]))
+
     def open_rescore(self, competition_id, run):
         """Open re-score ``run`` (a dict with ``run`` and its request) unless one is open; True when opened.
 
