@@ -243,7 +243,7 @@ class Rescorer:
         log.info("round %s: re-score %s finished: %d submissions judged again, %d changed",
                  competition_id, rid, len(docs), len(changed))
         for entry in changed:
-            log.info("%s: re-score %s changed it: %s", entry["submission_id"], rid, describe(entry))
+            log.info("re-score %s changed %s", rid, describe(entry))
         return True
 
     def release(self):

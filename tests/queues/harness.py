@@ -160,9 +160,11 @@ class Node:
 
 
 def expire_leases(db):
-    """Time passes beyond every lease."""
+    """Time passes beyond every lease: the submissions' and the re-score runs'."""
     db.submissions.update_many({"processing.lease": {"$ne": None}},
                                {"$set": {"processing.lease.expires": datetime.datetime(2000, 1, 1)}})
+    db.competitions.update_many({"rescore.lease": {"$ne": None}},
+                                {"$set": {"rescore.lease.expires": datetime.datetime(2000, 1, 1)}})
 
 
 class World:

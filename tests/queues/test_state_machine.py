@@ -1,14 +1,16 @@
-"""A property-based state machine: servers accept, step, crash, recover and race.
+"""A property-based state machine: servers accept, step, crash, recover, race and re-score.
 
 Hypothesis chooses the interleaving: which of two server processes gets
-a POST (a first one or a re-POST), which queued job runs next and where,
+a POST (a first one or a re-POST) or a re-score request, when a process
+drives the open re-score, which queued job runs next and where,
 when time passes beyond every lease, when a process dies (between jobs,
 or at its next k-th database write), when a recovery sweep or a
 leaderboard write runs. At every step no settled submission may have a
 check pending or a lease. At the end every process recovers until
 nothing is left, and then nothing may be unsettled, every verdict must be
 the plain rules' and the leaderboard must show each user's newest
-dispatched submission with its verdicts, once. Runs against SecantusDB.
+dispatched submission with its verdicts, once; no re-score may be left
+open, and none may have re-queued a submission twice. Runs against SecantusDB.
 """
 import numpy as np
 import pymongo
@@ -20,6 +22,7 @@ from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, pr
 
 from queues.files import LocalFiles
 from queues.pipeline import CONCORDANCE, DISPATCH, ORIGINALITY
+from queues.rescore import NoSuchRound
 
 from tests.queues.harness import (ROUND, Crash, Faults, Node, World, check_quiescent, check_settled, expire_leases,
                                   plain_verdicts)
@@ -87,6 +90,22 @@ class Servers(RuleBasedStateMachine):
         if answer is not None:
             assert answer.status_code == 202, answer.get_json()
 
+    @precondition(lambda self: self.ids)
+    @rule(index=st.integers(0, 1))
+    def request_rescore(self, index):
+        def request(node):
+            try:
+                node.rescorer.request(ROUND)
+            except NoSuchRound:  # nothing of the round is in the database yet
+                pass
+        self.guarded(index, request)
+
+    @rule(index=st.integers(0, 1))
+    def drive_rescores(self, index):
+        """A re-score pass: it may legitimately move settled submissions back to queued, once per run."""
+        self.guarded(index, lambda node: node.rescorer.step())
+        self.settled = set()
+
     @rule(index=st.integers(0, 1), stage=st.sampled_from(STAGES))
     def step(self, index, stage):
         self.guarded(index, lambda node: node.step(stage))
@@ -141,12 +160,21 @@ class Servers(RuleBasedStateMachine):
             expire_leases(self.db)
             for node in self.nodes:
                 node.recover()
+                if node.store.open_rescores():
+                    node.rescore()
         rnd = self.nodes[0].workers[CONCORDANCE].rounds
         loaded = rnd.get(ROUND)
         rules = self.nodes[0].workers[CONCORDANCE].rules
         expected = {sid: plain_verdicts(self.db, self.files, rules, rnd.groups(loaded), loaded.tournament, sid)
                     for sid in self.posted}
         check_quiescent(self.db, expected)
+        competition = self.db.competitions.find_one({"_id": ROUND}) or {}
+        assert competition.get("rescore") is None, competition.get("rescore")
+        closed = [summary["run"] for summary in competition.get("rescores", [])]
+        assert len(closed) == len(set(closed)), closed
+        for doc in self.db.submissions.find({"history": {"$exists": True}}, {"history.run": 1}):
+            runs = [entry["run"] for entry in doc["history"]]
+            assert len(runs) == len(set(runs)) and set(runs) <= set(closed), (doc["_id"], runs, closed)
 
 
 @pytest.fixture(scope="module")
@@ -176,5 +204,5 @@ def machine(real_mongo_url, round_frames, round_zip, tmp_path_factory):
 
 def test_servers_that_accept_step_crash_recover_and_race_keep_a_right_record(machine):
     run_state_machine_as_test(machine, settings=settings(
-        max_examples=150, stateful_step_count=40, deadline=None, derandomize=True,
+        max_examples=110, stateful_step_count=40, deadline=None, derandomize=True,
         suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much]))
