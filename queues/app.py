@@ -258,9 +258,27 @@ def summary(doc):
     return body
 
 
-def optional_body():
-    """The request fields, or none at all for an empty body."""
-    return read_body() if request.get_data(cache=True).strip() else {}
+#: What POST /rounds/<id>/rescore reads from its body; anything else is refused, not ignored.
+RESCORE_FIELDS = ("only", "dry_run", "api_key")
+
+
+def rescore_body():
+    """The re-score request's fields: none, a JSON object or form fields with only known names.
+
+    An unknown name is refused rather than ignored: a typo of ``only``
+    would otherwise re-score the whole round.
+    """
+    if not request.get_data(cache=True).strip():
+        return {}
+    try:
+        body = read_body()
+    except Refused:
+        raise Refused(400, "the body must be empty or a JSON object with any of: %s" % ", ".join(RESCORE_FIELDS)) from None
+    unknown = sorted(str(name) for name in body if name not in RESCORE_FIELDS)
+    if unknown:
+        raise Refused(400, "unknown field%s %s: a re-score request takes only %s"
+                      % ("" if len(unknown) == 1 else "s", ", ".join(unknown), ", ".join(RESCORE_FIELDS)))
+    return body
 
 
 def check_only(value):
@@ -269,12 +287,19 @@ def check_only(value):
         return None
     if not isinstance(value, list) or not value:
         raise Refused(400, "only, when given, must be a non-empty list of submission ids")
-    return sorted({check_id(sid) for sid in value})
+    for sid in value:
+        if not isinstance(sid, str) or not ObjectId.is_valid(sid):
+            raise Refused(400, "only must list submission ids (24 hexadecimal characters); %s is not one"
+                          % json.dumps(sid)[:40])
+    return sorted({sid.lower() for sid in value})
 
 
 def check_flag(value, name):
+    """An optional true/false; a form sends it as the text true or false."""
     if value is None:
         return False
+    if isinstance(value, str) and value.strip().lower() in ("true", "false"):
+        return value.strip().lower() == "true"
     if not isinstance(value, bool):
         raise Refused(400, "%s, when given, must be true or false" % name)
     return value
@@ -418,18 +443,19 @@ def create_app(store, pipeline, config, supervisor, metrics, rounds=None, rescor
     def rescore_round_id(competition_id):
         if rescorer is None:
             raise Refused(404, "this server does not re-score rounds")
-        found = check_round(competition_id)
-        if found is None:
-            raise Refused(400, "the round must be a number such as 41")
-        return found
+        if any(name.lower() in ("api_key", "apikey", "key") for name in request.args):
+            raise Refused(400, "the API key must not be put in a URL; send it as the X-API-Key header")
+        if not re.fullmatch(r"[0-9]{1,9}", competition_id):
+            raise Refused(400, "the round in the URL must be a round number such as 41, not %s" % competition_id[:20])
+        return int(competition_id)
 
     @app.post("/rounds/<competition_id>/rescore")
     def rescore_round(competition_id):
-        body = optional_body()
+        competition_id = rescore_round_id(competition_id)
+        body = rescore_body()
         given = body.get("api_key")
         check_key(request.headers.get("X-API-Key") if given is None else given, config.api_key,
                   KEY_IN_BODY, config.local)
-        competition_id = rescore_round_id(competition_id)
         only = check_only(body.get("only"))
         try:
             if check_flag(body.get("dry_run"), "dry_run"):
@@ -448,8 +474,8 @@ def create_app(store, pipeline, config, supervisor, metrics, rounds=None, rescor
 
     @app.get("/rounds/<competition_id>/rescore")
     def rescore_status(competition_id):
-        check_key(request.headers.get("X-API-Key"), config.api_key, KEY_IN_HEADER, config.local)
         competition_id = rescore_round_id(competition_id)
+        check_key(request.headers.get("X-API-Key"), config.api_key, KEY_IN_HEADER, config.local)
         run_id = request.args.get("run")
         if run_id is not None and not ObjectId.is_valid(run_id):
             raise Refused(400, "run must be the id a re-score request answered with")

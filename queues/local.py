@@ -34,6 +34,14 @@ class LocalDatabaseError(RuntimeError):
     """Local mode's database cannot start; the message says why and what to do, in one line."""
 
 
+class FolderInUse(LocalDatabaseError):
+    """Another server holds the local folder; ``holder`` is its address when it said."""
+
+    def __init__(self, message, holder=""):
+        super().__init__(message)
+        self.holder = holder
+
+
 def in_use(local_dir, holder=""):
     """The message for a folder another server or database has open."""
     who = ("another ./server --use_local, serving %s" % holder) if holder else \
@@ -58,7 +66,7 @@ def claim(local_dir, serving=""):
         handle.seek(0)
         holder = handle.read().strip()
         handle.close()
-        raise LocalDatabaseError(in_use(local_dir, holder)) from None
+        raise FolderInUse(in_use(local_dir, holder), holder) from None
     try:
         handle.seek(0)
         handle.truncate()

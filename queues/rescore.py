@@ -26,6 +26,7 @@ entry, or the document as it is). A dry run judges in memory with the
 same workers' code and writes nothing.
 """
 import dataclasses
+import datetime
 import json
 import logging
 import threading
@@ -366,10 +367,17 @@ def rules_line(rules):
     return ", ".join(changed) if changed else "the defaults"
 
 
+def json_value(value):
+    """Dates as the HTTP API writes them (ISO 8601, UTC); ids as strings."""
+    if isinstance(value, datetime.datetime):
+        return value.isoformat() + "Z"
+    return str(value)
+
+
 def report(result, out, as_json=False):
     """Print a finished or dry run: a headline, the rules, one line per change (or JSON)."""
     if as_json:
-        out.write(json.dumps(result, default=str, indent=1, sort_keys=True) + "\n")
+        out.write(json.dumps(result, default=json_value, indent=1, sort_keys=True) + "\n")
         return
     what = ("dry run of a re-score of round %s (nothing written)" % result["competition_id"] if result.get("dry_run")
             else "re-score %s of round %s" % (result["run"], result.get("competition_id")))

@@ -185,3 +185,31 @@ def test_missing_packages_are_one_line_pointing_to_requirements():
     done = subprocess.run([sys.executable, "-S", str(SCRIPT), "--help"], capture_output=True, text=True, timeout=60)
     assert done.returncode == 1
     assert "pip install -r requirements.txt" in done.stderr and "Traceback" not in done.stderr
+
+
+# -- ./server rescore ---------------------------------------------------------------------
+@pytest.mark.parametrize("argv, wrong", [(["rescore", "abc"], "'abc' is not a round number"),
+                                         (["rescore", "99999999999999999999"], "is not a round number"),
+                                         (["rescore", "41", "--only", "xyz"], "'xyz' is not a submission id")])
+def test_rescore_arguments_are_checked_by_argparse(server, capsys, argv, wrong):
+    with pytest.raises(SystemExit) as exit_:
+        server.parse_args(argv)
+    assert exit_.value.code == 2 and wrong in capsys.readouterr().err
+
+
+def test_rescore_without_production_settings_says_how_to_use_the_demo(server, caplog):
+    assert server.main(["rescore", "41", "--dry-run"]) == 2
+    (line,) = errors(caplog)
+    assert line.startswith("cannot re-score: missing required") and "--use_local" in line
+
+
+def test_rescore_beside_a_running_local_server_says_how_to_go_on(server, caplog, monkeypatch, tmp_path):
+    folder = str(tmp_path / "l")
+    monkeypatch.setattr(server.local, "database", real_database)
+    monkeypatch.setattr(local, "DEFAULT_LOCAL_URL", "mongodb://127.0.0.1:%d" % free_port())  # nothing there
+    monkeypatch.setattr(local, "start_secantus", lambda *a, **k: pytest.fail("a second database started"))
+    with local.claim(folder, "http://127.0.0.1:5999"):  # the running local server
+        assert server.main(["--use_local", "--local-dir", folder, "rescore", "41", "--dry-run"]) == 1
+    (line,) = errors(caplog)
+    assert "Stop it (Ctrl-C)" in line and "http://127.0.0.1:5999/rounds/41/rescore" in line
+    assert '"dry_run": true' in line and "--local-dir" not in line

@@ -216,11 +216,18 @@ def test_the_http_endpoint_opens_a_run_refuses_a_second_and_shows_the_changes(ju
     assert node.client.post("/rounds/41/rescore", headers={"X-API-Key": "wrong"}).status_code == 401
     assert node.client.post("/rounds/41/rescore", headers=key, json={"only": "x"}).status_code == 400
     assert node.client.post("/rounds/41/rescore", headers=key, json={"dry_run": "yes"}).status_code == 400
+    typo = node.client.post("/rounds/41/rescore", headers=key, json={"onyl": [ids["bob"]]})
+    assert typo.status_code == 400 and "onyl" in typo.get_json()["error"]
+    wrong_id = node.client.post("/rounds/41/rescore", headers=key, json={"only": ["x"]})
+    assert wrong_id.status_code == 400 and '"x" is not one' in wrong_id.get_json()["error"]
+    assert node.client.post("/rounds/99999999999/rescore", headers=key).status_code == 400
+    assert node.client.get("/rounds/41/rescore?api_key=%s" % API_KEY).status_code == 400
+    assert db.competitions.find_one({"_id": ROUND}).get("rescore") is None
     missing = node.client.post("/rounds/42/rescore", headers=key)
     assert missing.status_code == 404 and "round 42 has no submissions" in missing.get_json()["error"]
     assert node.client.get("/rounds/41/rescore", headers=key).status_code == 404  # never re-scored
 
-    foretold = node.client.post("/rounds/41/rescore", json={"api_key": API_KEY, "dry_run": True})
+    foretold = node.client.post("/rounds/41/rescore", data={"api_key": API_KEY, "dry_run": "true"})  # a form
     assert foretold.status_code == 200 and db.competitions.find_one({"_id": ROUND}).get("rescore") is None
     opened = node.client.post("/rounds/41/rescore", headers=key)
     assert opened.status_code == 202, opened.get_json()
@@ -245,3 +252,4 @@ def test_the_http_endpoint_opens_a_run_refuses_a_second_and_shows_the_changes(ju
     assert earlier["verdicts"]["originality"]["value"] == finished["changes"][0]["before"]["original"]
     page = node.client.get("/submissions/%s/report" % bob, headers=key).get_data(as_text=True)
     assert "Earlier judgements" in page and str(run) in page and "correlation_limit=0.95" in page
+    assert "or when any has KS" in page  # max_similar is 1: one similar submission is enough
