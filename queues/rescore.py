@@ -133,8 +133,7 @@ class Rescorer:
     at once.
     """
 
-    def __init__(self, pipeline, store, rules, period, judges=None, owner_prefix=None, alive=process_alive,
-                 batch=RUN_BATCH, requested_by=""):
+    def __init__(self, pipeline, store, rules, period, judges=None, owner_prefix=None, alive=process_alive):
         self.pipeline = pipeline
         self.store = store
         self.rules = rules
@@ -142,8 +141,6 @@ class Rescorer:
         self.judges = judges
         self.owner_prefix = owner_prefix
         self.alive = alive
-        self.batch = batch
-        self.requested_by = requested_by or store.owner
         self.wake = threading.Event()
         self.orphans = None
         self.driving = set()  # rounds whose open run this process drove at its last pass
@@ -163,7 +160,7 @@ class Rescorer:
         """Open a run of the round; ``(run, True)``, or ``(the open run, False)`` when one is open."""
         self.check_scope(competition_id, only)
         run = {"run": ObjectId(), "competition_id": int(competition_id), "only": sorted(set(only)) if only else None,
-               "requested_at": utcnow(), "requested_by": self.requested_by,
+               "requested_at": utcnow(), "requested_by": self.store.owner,
                "rules": dataclasses.asdict(self.rules)}
         if self.store.open_rescore(competition_id, run):
             log.info("round %s: re-score %s opened (%s)", competition_id, run["run"],
@@ -177,20 +174,15 @@ class Rescorer:
     def dead_owners(self):
         """Earlier processes of this server that held submissions or a run; found once, like the sweep's."""
         if self.orphans is None:
-            dead = set(self.store.orphaned_owners(self.owner_prefix, self.alive)) if self.owner_prefix else set()
-            for run in self.store.open_rescores().values():
-                owner = (run.get("lease") or {}).get("owner")
-                if self.is_dead_self(owner):
-                    dead.add(owner)
+            dead = set()
+            if self.owner_prefix:
+                dead.update(self.store.orphaned_owners(self.owner_prefix, self.alive))
+                for run in self.store.open_rescores().values():
+                    owner = (run.get("lease") or {}).get("owner")
+                    if self.store.is_dead_self(owner, self.owner_prefix, self.alive):
+                        dead.add(owner)
             self.orphans = sorted(dead)
         return self.orphans
-
-    def is_dead_self(self, owner):
-        """True for ``<owner_prefix><pid>`` of a process that is no longer running (not this one)."""
-        if not (isinstance(owner, str) and self.owner_prefix and owner.startswith(self.owner_prefix)):
-            return False
-        pid = owner[len(self.owner_prefix):]
-        return owner != self.store.owner and pid.isdigit() and not self.alive(int(pid))
 
     def step(self):
         """Drive every open run this process may drive; returns the ids of the runs closed."""
@@ -202,7 +194,7 @@ class Rescorer:
         return closed
 
     def room(self):
-        return self.batch - self.pipeline.depth(DISPATCH)
+        return RUN_BATCH - self.pipeline.depth(DISPATCH)
 
     def drive(self, competition_id, run, owners=()):
         """One pass over a run: keep its lease, queue what is left, close it when all is settled."""
@@ -219,7 +211,7 @@ class Rescorer:
                     if claim is not None:
                         self.pipeline.put(DISPATCH, Job(sid, claim=claim))
         if self.room() > 0:
-            for doc in self.store.rescore_candidates(competition_id, within, rid, self.room()):
+            for doc in self.store.rescore_candidates(within, rid, self.room()):
                 sid = str(doc["_id"])
                 if self.pipeline.anywhere(sid):
                     continue
@@ -309,8 +301,7 @@ class Rescorer:
         try:
             check_document(doc, sid)
             with dispatcher.rounds.hold(doc["competition_id"]) as rnd:
-                score, _, fields = dispatcher.consistency_fields(job, rnd)
-                dispatcher.rounds.prepare(rnd, sid, doc["username"], doc["filename"], job.predictions)
+                score, _, fields = dispatcher.measure(job, rnd)
                 concordant, concordance_found = concordance.judge(job, doc, rnd)
                 original, originality_found = originality.judge(job, doc, rnd)
         except PERMANENT as exc:

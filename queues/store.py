@@ -233,13 +233,14 @@ class Store:
     def orphaned_owners(self, prefix, alive):
         """Lease owners named ``prefix`` + pid whose process is not ``alive(pid)``: a restart's dead self."""
         owners = self.submissions.distinct("processing.lease.owner", {"processing.state": {"$in": list(ACTIVE)}})
-        dead = []
-        for owner in owners:
-            if isinstance(owner, str) and owner.startswith(prefix) and owner != self.owner:
-                pid = owner[len(prefix):]
-                if pid.isdigit() and not alive(int(pid)):
-                    dead.append(owner)
-        return dead
+        return [owner for owner in owners if self.is_dead_self(owner, prefix, alive)]
+
+    def is_dead_self(self, owner, prefix, alive):
+        """True for ``prefix`` + pid, not this process, when ``alive(pid)`` says that process is gone."""
+        if not (isinstance(owner, str) and owner.startswith(prefix)) or owner == self.owner:
+            return False
+        pid = owner[len(prefix):]
+        return pid.isdigit() and not alive(int(pid))
 
     # -- transitions ----------------------------------------------------------
     def _write(self, claim, fields, unset=None):
@@ -396,7 +397,7 @@ class Store:
         """Give up driving any run this process drives (stopping): another process may take it at once."""
         self.competitions.update_many({"rescore.lease.owner": self.owner}, {"$set": {"rescore.lease.expires": utcnow()}})
 
-    def rescore_candidates(self, competition_id, scope, run, limit):
+    def rescore_candidates(self, scope, run, limit):
         """Settled submissions of the run's scope it has not re-queued yet, oldest first (whole documents)."""
         return list(self.submissions.find({**scope, "processing.state": {"$in": list(SETTLED)},
                                            "processing.rescore": {"$ne": run}}).sort("created", 1).limit(limit))

@@ -211,16 +211,22 @@ class Dispatcher(Worker):
                                              predictions_version=job.predictions_version, verdicts=job.verdicts))
         return "ok"
 
+    def measure(self, job, rnd):
+        """:meth:`consistency_fields` of the job on ``rnd``, its predictions prepared for originality; writes nothing.
+
+        Prepared now, while the parsed values are at hand, so later
+        submissions' originality checks find them instead of reading the
+        file again.
+        """
+        doc = job.claim.doc
+        self.rounds.prepare(rnd, job.submission_id, doc["username"], doc["filename"], self.predictions(job, rnd))
+        return self.consistency_fields(job, rnd)
+
     def dispatch(self, job):
         """Consistency and logloss on validation rows, written in one transition."""
         claim = job.claim
-        doc = claim.doc
-        with self.rounds.hold(doc["competition_id"]) as rnd:
-            values = self.predictions(job, rnd)
-            # Prepared now, while the parsed values are at hand, so later submissions'
-            # originality checks find it instead of reading the file again.
-            self.rounds.prepare(rnd, job.submission_id, doc["username"], doc["filename"], values)
-            score, loss, fields = self.consistency_fields(job, rnd)
+        with self.rounds.hold(claim.doc["competition_id"]) as rnd:
+            score, loss, fields = self.measure(job, rnd)
         self.store.dispatched(claim, score, loss, fields)
         claim.doc.setdefault("provenance", {})["dataset_version"] = rnd.version  # as written: the checks compare it
         self.touch_board(claim)

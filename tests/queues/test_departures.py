@@ -19,7 +19,7 @@ import pytest
 
 from queues import demo, workers
 from queues.leaderboard import desired_entry, newest
-from queues.pipeline import CONCORDANCE, DISPATCH, ORIGINALITY
+from queues.pipeline import ORIGINALITY
 from queues.rounds import Rounds
 from queues.store import RoundMembers
 from scoring import concordance, consistency, evidence, originality

@@ -6,12 +6,11 @@ import xml.etree.ElementTree as ElementTree
 import numpy as np
 import pytest
 
-from queues import workers
 from queues.app import create_app
 from queues.report import CDF_POINTS, Reports, cdf_figure, ks_gap, to_svg
 from queues.store import RoundMembers
 from scoring.ks import ks_statistic
-from tests.conftest import API_KEY, ROUND
+from tests.conftest import API_KEY
 from tests.queues.test_workers import Board, drain, make_stages, queue
 
 EVIL = "<script>alert('x')</script>$\\alpha$&"

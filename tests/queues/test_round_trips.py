@@ -75,15 +75,25 @@ def judge(node, sid):
         assert node.step(stage) == "ok"
 
 
+def plausible(world, rng):
+    """A plausible prediction vector for the round."""
+    return np.clip(rng.normal(0.5, 0.05, len(world.tournament)), 0.01, 0.99).round(5)
+
+
+def judged_users(node, world, db, rng, count):
+    """``count`` users' submissions, each judged by ``node``; their ids."""
+    ids = [world.submit(db, "user%02d" % i, plausible(world, rng)) for i in range(count)]
+    for sid in ids:
+        judge(node, sid)
+    return ids
+
+
 def test_a_judged_submission_costs_at_most_six_round_trips(counted):
     commands, node, world, db = counted
     rng = np.random.default_rng(5)
-    n = len(world.tournament)
-    earlier = [world.submit(db, "user%02d" % i, np.clip(rng.normal(0.5, 0.05, n), 0.01, 0.99).round(5)) for i in range(15)]
-    for sid in earlier:
-        judge(node, sid)
+    judged_users(node, world, db, rng, 15)
     node.board.flush(node.board.take(0))
-    late = world.submit(db, "zed", np.clip(rng.normal(0.5, 0.05, n), 0.01, 0.99).round(5))
+    late = world.submit(db, "zed", plausible(world, rng))
     sent = commands.count(lambda: judge(node, late))
     assert db.submissions.find_one({"_id": ObjectId(late)})["processing"]["state"] == "done"
     print("\nround trips for one judged submission:", dict(sent))
@@ -95,11 +105,7 @@ def test_a_judged_submission_costs_at_most_six_round_trips(counted):
 
 def test_a_burst_of_changes_costs_the_leaderboard_a_few_writes(counted):
     commands, node, world, db = counted
-    rng = np.random.default_rng(6)
-    n = len(world.tournament)
-    ids = [world.submit(db, "user%02d" % i, np.clip(rng.normal(0.5, 0.05, n), 0.01, 0.99).round(5)) for i in range(30)]
-    for sid in ids:
-        judge(node, sid)
+    ids = judged_users(node, world, db, np.random.default_rng(6), 30)
     changes = node.board.pending()
     assert changes == 30
     sent = commands.count(lambda: node.board.flush(node.board.take(0)))
