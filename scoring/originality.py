@@ -26,7 +26,16 @@ def pearson(a, b):
     b = np.asarray(b, dtype=np.float64)
     ca = a - a.mean()
     cb = b - b.mean()
-    r = float(np.dot(ca, cb) / np.sqrt(np.dot(ca, ca) * np.dot(cb, cb)))
+    return clip_correlation(float(np.dot(ca, cb) / np.sqrt(np.dot(ca, ca) * np.dot(cb, cb))))
+
+
+def clip_correlation(r):
+    """``r`` brought within [-1, 1], where rounding may have carried it a unit past.
+
+    Whether a given quotient overshoots depends on the machine's summation
+    order (BLAS blocking, fused multiply-adds), so the bound is enforced
+    here rather than trusted to the arithmetic.
+    """
     return min(1.0, max(-1.0, r))
 
 
