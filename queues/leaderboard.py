@@ -1,36 +1,49 @@
-"""Keeps each round's leaderboard in line with its submissions, in grouped writes.
+"""Keeps each round's leaderboard in line with its submissions, in few, cheap, conditional writes.
 
 A user's entry shows that user's newest submission (by ``created``, then
 ``_id``) that has passed dispatch, with that submission's ``concordant``
 and ``original``. Transitions only say *which* entries may have changed
 (:meth:`Leaderboard.touch`); the writer works out what each entry should
-be from a fresh read of the submissions and writes every change of a
-round in one update. Changes that arrive while a write is in flight go
-together in the next one.
+be from a fresh read of those users' submissions and writes every change
+of a round in one update.
 
-Why it converges: entries only move forward. An entry is written only if
-it shows an older submission of the user, or the same submission at a
-lower revision (``criteria_rev``, the submission's ``processing.rev``,
-which every transition counts up). So a replay, or a writer of another
-server working from an older read, changes nothing, and after the last
-transition the last write shows it. Only the fields the service owns are
-written (``submission_id``, ``logloss``, ``concordant``, ``original``,
-``criteria_rev``; ``earnings`` when an entry is first made), so the
-backend may write the rest of the same entries meanwhile. New entries are
-pushed guarded by "no entry for these users yet": never two entries for
-one user. After a write, the ``processing.board`` stamps of the
-submissions read are cleared unless a newer transition re-stamped them;
-the recovery sweep re-touches any stamp a crash left behind.
+**Why a write is never stale.** The writer keeps a copy of each round's
+entries as it last read or wrote them. It reads the submissions *after*
+that copy was taken, so what it read is at least as new as whatever any
+entry in the copy was made from. Each write is conditioned on the
+entries it changes still being as the copy says (user, submission and
+revision at that position): if anyone changed them meanwhile (another
+server's writer, the backend), the write matches nothing, the copy is
+dropped, and the writer reads the entries and then the submissions
+again. So an entry is only ever replaced by something made from newer
+data, and the writer may simply write whatever differs: a newer
+submission, a new verdict, an entry pointing at a deleted or rewritten
+submission (a rewritten document starts its revisions again, which a
+rule "only a higher revision" would never show). A write that matched
+less than it meant to is never followed by clearing the stamps.
 
-A write costs the database about the same whatever it carries (SecantusDB
-rewrites the whole competition document: some 100 ms of its CPU for a
-1,000-entry leaderboard), so after each write the writer lets changes
-gather until ``WRITE_INTERVAL`` has passed since it started: under a burst
-that is one write per interval however many changes arrive, where writing
-again as soon as a write returned made it nearly one per change. A change
-after a quiet spell is written at once.
+**What it costs.** Entries are addressed by position (``leaderboard.17``),
+so the database does not evaluate a filter against every entry for every
+change, and new entries are appended by position in the same write,
+guarded by the array's length and by "none of these users has an entry".
+A write to a competition document still costs the database about the
+same whatever it carries (SecantusDB rewrites the whole document: tens of
+ms at 1,000 entries), so writes are grouped, and the writer paces itself
+by what its own calls cost: after a batch that kept the database busy
+for ``t`` seconds it waits ``t (1 - share) / share`` (and at least
+``interval``) before the next, so it never takes more than ``share`` of
+the database's time, however large the round. A change after a quiet
+spell is written at once.
+
+Only the fields the service owns are written (``submission_id``,
+``logloss``, ``concordant``, ``original``, ``criteria_rev``; ``earnings``
+when an entry is first made), so the backend may write the rest of the
+same entries meanwhile. After a write, the ``processing.board`` stamps of
+the submissions read are cleared unless a newer transition re-stamped
+them; the recovery sweep re-touches any stamp a crash left behind.
 """
 import collections
+import datetime
 import logging
 import threading
 import time
@@ -43,16 +56,24 @@ POLL_SECONDS = 0.5
 RETRY_SECONDS = 1.0
 #: Least seconds from the start of one write to the start of the next.
 WRITE_INTERVAL = 1.0
+#: The largest share of the database's time the writer lets itself take.
+WRITE_SHARE = 0.05
+#: The owned fields of an entry, which the writer compares and writes.
+OWNED = ("submission_id", "logloss", "concordant", "original", REV)
 
 
 def order(doc):
     return (doc["created"], doc["_id"])
 
 
+def shown(doc):
+    """Whether a submission may be what its user's entry shows: it passed dispatch and has a time."""
+    return bool((doc.get("processing") or {}).get("dispatched")) and isinstance(doc.get("created"), datetime.datetime)
+
+
 def newest(docs):
-    """The newest document (by created, then _id) of those that ever passed dispatch, or None."""
-    passed = [doc for doc in docs if (doc.get("processing") or {}).get("dispatched") and doc.get("created") is not None]
-    return max(passed, key=order, default=None)
+    """The newest document (by created, then _id) of those that may be shown, or None."""
+    return max((doc for doc in docs if shown(doc)), key=order, default=None)
 
 
 def desired_entry(doc):
@@ -64,24 +85,53 @@ def desired_entry(doc):
             REV: (doc.get("processing") or {}).get("rev", 0)}
 
 
-class Leaderboard:
-    """The writer: ``touch`` from any thread, ``loop`` on its own."""
+def owned(entry):
+    """The owned fields of an entry as stored (None for a missing one)."""
+    return {key: entry.get(key) for key in OWNED}
 
-    def __init__(self, store, stop, interval=WRITE_INTERVAL):
+
+class Copy:
+    """The writer's copy of a round's entries: position by position, as last read or written."""
+
+    def __init__(self, entries):
+        self.entries = [entry if isinstance(entry, dict) else {} for entry in entries]
+        self.position = {}
+        for number, entry in enumerate(self.entries):
+            self.position.setdefault(entry.get("username"), number)
+
+    def __len__(self):
+        return len(self.entries)
+
+
+class Leaderboard:
+    """The writer: ``touch`` from any thread, ``loop`` on its own.
+
+    ``members`` (optional) tells which submissions each user has in a
+    round, so the writer reads them by ``_id``; without it, or before the
+    round is known, it asks for the users' submissions by name.
+    """
+
+    def __init__(self, store, stop, interval=WRITE_INTERVAL, share=WRITE_SHARE, members=None, clock=time.monotonic):
         self.store = store
         self.stop = stop
         self.interval = interval
-        self._dirty = collections.defaultdict(set)
+        self.share = share
+        self.members = members
+        self.clock = clock
+        self._dirty = collections.defaultdict(dict)
         self._changed = threading.Condition()
-        self._present = {}
+        self._copies = {}
         self.writes = 0
+        self.spent = 0.0
 
-    def touch(self, competition_id, username):
-        """Note that ``username``'s entry in round ``competition_id`` may be out of line."""
+    def touch(self, competition_id, username, submission_id=None):
+        """Note that ``username``'s entry in round ``competition_id`` may be out of line (``submission_id`` changed)."""
         if competition_id is None or not username:
             return
         with self._changed:
-            self._dirty[int(competition_id)].add(username)
+            ids = self._dirty[int(competition_id)].setdefault(username, set())
+            if submission_id is not None:
+                ids.add(submission_id)
             self._changed.notify()
 
     def pending(self):
@@ -89,103 +139,155 @@ class Leaderboard:
             return sum(len(users) for users in self._dirty.values())
 
     def take(self, timeout=POLL_SECONDS):
-        """Everything touched so far, waiting up to ``timeout`` for something to arrive."""
+        """Everything touched so far ``{round: {user: ids}}``, waiting up to ``timeout`` for something."""
         with self._changed:
             if not self._dirty:
                 self._changed.wait(timeout)
-            taken, self._dirty = self._dirty, collections.defaultdict(set)
+            taken, self._dirty = self._dirty, collections.defaultdict(dict)
         return taken
 
     def loop(self):
-        """Write each batch of touched entries until stopped; a failed batch is retried.
-
-        After a write, changes gather until ``interval`` has passed since it
-        started, and then go together in the next.
-        """
+        """Write each batch of touched entries until stopped, pacing the writes by their cost."""
         while not self.stop.is_set():
             taken = self.take()
             if taken:
-                started = time.monotonic()
+                started, spent = self.clock(), self.spent
                 self.flush(taken)
-                self.stop.wait(max(0.0, self.interval - (time.monotonic() - started)))
+                cost = self.spent - spent
+                pause = max(self.interval - (self.clock() - started), cost * (1 - self.share) / self.share)
+                self.stop.wait(pause)
 
     def flush(self, taken):
-        """Bring every touched entry in line; entries that could not be are touched again."""
+        """Bring every touched entry in line; what could not be is touched again."""
         for competition_id, users in taken.items():
             try:
                 left = self.sync(competition_id, users)
             except Exception as exc:  # the database may be away: keep the work for the next try
                 log.warning("round %s: leaderboard write failed (%s: %s); will retry", competition_id, type(exc).__name__, exc)
+                self._copies.pop(competition_id, None)
                 left = users
                 self.stop.wait(RETRY_SECONDS)
-            for username in left:
-                self.touch(competition_id, username)
+            for username, ids in left.items():
+                for oid in ids or [None]:
+                    self.touch(competition_id, username, oid)
 
-    def sync(self, competition_id, usernames):
-        """Write the entries of ``usernames`` from one read of their submissions; returns users left over.
+    def sync(self, competition_id, users):
+        """Write the entries of ``users`` ({name: touched ids}); returns the users left for a later try.
 
-        Three round trips for a batch of any size once the round's users
-        are known: read the submissions, one conditional write, clear the
-        stamps. Users without an entry are pushed first.
+        Reads the submissions after the round's entries (see the module
+        docstring); when the conditional write finds the entries changed,
+        both are read again once.
         """
-        docs = self.store.board_submissions(competition_id, usernames)
+        for attempt in range(2):
+            copy = self._copy(competition_id)
+            docs = self._submissions(competition_id, users, copy)
+            if self._write(competition_id, users, copy, docs):
+                self._timed(self.store.clear_board_stamps, [(doc["_id"], doc["processing"]["board"]) for doc in docs
+                                                            if (doc.get("processing") or {}).get("board")])
+                return {}
+            self._copies.pop(competition_id, None)
+            log.info("round %s: the leaderboard changed under the writer; reading it again", competition_id)
+        return users
+
+    # -- reads ---------------------------------------------------------------------
+    def _timed(self, call, *args):
+        """Run one database call, adding its time to ``spent`` (what pacing counts)."""
+        started = self.clock()
+        try:
+            return call(*args)
+        finally:
+            self.spent += self.clock() - started
+
+    def _copy(self, competition_id):
+        """The writer's copy of the round's entries, read when it has none."""
+        copy = self._copies.get(competition_id)
+        if copy is None:
+            entries = self._timed(self.store.board_entries, competition_id)
+            if entries is None:
+                self._timed(self.store.ensure_competition, competition_id)
+                entries = []
+            copy = self._copies[competition_id] = Copy(entries)
+        return copy
+
+    def _submissions(self, competition_id, users, copy):
+        """The touched users' submissions in the round, and whatever their entries show."""
+        known = self.members.user_ids(competition_id, users) if self.members is not None else None
+        if known is None:
+            return [doc for doc in self._timed(self.store.board_submissions, competition_id, list(users))]
+        ids = set()
+        for username, touched in users.items():
+            ids.update(known.get(username, ()))
+            ids.update(touched or ())
+            position = copy.position.get(username)
+            if position is not None and copy.entries[position].get("submission_id") is not None:
+                ids.add(copy.entries[position]["submission_id"])
+        docs = self._timed(self.store.board_docs, list(ids))
+        return [doc for doc in docs if doc.get("competition_id") == competition_id and doc.get("username") in users]
+
+    # -- the write -------------------------------------------------------------------
+    def _write(self, competition_id, users, copy, docs):
+        """One conditional write of every entry that differs; False when the entries changed meanwhile."""
         by_user = collections.defaultdict(list)
         for doc in docs:
             by_user[doc["username"]].append(doc)
-        present = self._usernames(competition_id)
-        changes, fresh = [], []
-        for username in usernames:
+        conditions, sets, fresh = {}, {}, {}
+        for username in users:
             target = newest(by_user[username])
             if target is None:
                 continue
-            if username not in present:
-                fresh.append(username)
+            wanted = desired_entry(target)
+            position = copy.position.get(username)
+            if position is None:
+                fresh[username] = wanted
                 continue
-            older = [doc["_id"] for doc in by_user[username] if order(doc) < order(target)]
-            changes.append((username, older, desired_entry(target)))
-        if fresh:
-            changes.extend(self._push(competition_id, fresh, by_user, present))
-        if changes:
-            self.writes += 1
-            self.store.swap_entries(competition_id, changes)
-        self.store.clear_board_stamps([(doc["_id"], doc["processing"]["board"]) for doc in docs
-                                       if (doc.get("processing") or {}).get("board")])
-        return set()
-
-    def _usernames(self, competition_id):
-        """Users known to have an entry in the round (read once per round, then kept up to date)."""
-        present = self._present.get(competition_id)
-        if present is None:
-            present = self.store.board_usernames(competition_id)
-            if present is None:
-                self.store.ensure_competition(competition_id)
-                present = set()
-            self._present[competition_id] = present
-        return present
-
-    def _push(self, competition_id, usernames, by_user, present):
-        """Create entries for users without one; returns changes for those someone else created meanwhile."""
-        earnings = self.store.career_earnings(usernames)
-        entries = {}
-        for username in usernames:
-            entry = {"username": username}
-            entry.update(desired_entry(newest(by_user[username])))
-            entry["earnings"] = {"career": earnings[username], "competition": {"usd": 0, "nmr": 0}}
-            entries[username] = entry
+            entry = copy.entries[position]
+            if owned(entry) == wanted:
+                continue
+            prefix = "leaderboard.%d." % position
+            conditions[prefix + "username"] = username
+            conditions[prefix + "submission_id"] = entry.get("submission_id")
+            conditions[prefix + REV] = entry.get(REV)
+            sets.update((prefix + key, value) for key, value in wanted.items())
+        appended = self._appended(copy, fresh, conditions, sets)
+        if not sets:
+            return True
         self.writes += 1
-        if self.store.push_entries(competition_id, list(entries.values())):
-            present.update(usernames)
+        if not self._timed(self.store.write_board, competition_id, conditions, sets):
+            return False
+        self._remember(copy, sets, appended)
+        return True
+
+    def _appended(self, copy, fresh, conditions, sets):
+        """Entries for users without one, appended by position after the ``len(copy)`` known ones.
+
+        Guarded by the array's length (exactly as copied) and by none of
+        these users having an entry, so two writers never add one user twice.
+        """
+        if not fresh:
             return []
-        present.update(self.store.board_usernames(competition_id) or ())  # someone else added some
-        changes = []
-        for username, entry in entries.items():
-            target = newest(by_user[username])
-            if username in present:
-                older = [doc["_id"] for doc in by_user[username] if order(doc) < order(target)]
-                changes.append((username, older, desired_entry(target)))
-            else:
-                self.writes += 1
-                if not self.store.push_entries(competition_id, [entry]):
-                    raise RuntimeError("round %s: could not add %s's entry; will retry" % (competition_id, username))
-                present.add(username)
-        return changes
+        earnings = self._timed(self.store.career_earnings, list(fresh))
+        length = len(copy)
+        if length:
+            conditions["leaderboard.%d" % (length - 1)] = {"$exists": True}
+        else:
+            conditions["leaderboard"] = {"$size": 0}
+        conditions["leaderboard.%d" % length] = {"$exists": False}
+        conditions["leaderboard.username"] = {"$nin": list(fresh)}
+        appended = []
+        for number, (username, wanted) in enumerate(sorted(fresh.items())):
+            entry = {"username": username, **wanted,
+                     "earnings": {"career": earnings[username], "competition": {"usd": 0, "nmr": 0}}}
+            sets["leaderboard.%d" % (length + number)] = entry
+            appended.append(entry)
+        return appended
+
+    @staticmethod
+    def _remember(copy, sets, appended):
+        """Bring the copy in line with a write that matched."""
+        for path, value in sets.items():
+            parts = path.split(".")
+            if len(parts) == 3:
+                copy.entries[int(parts[1])][parts[2]] = value
+        for entry in appended:
+            copy.position.setdefault(entry["username"], len(copy.entries))
+            copy.entries.append(dict(entry))

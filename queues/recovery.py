@@ -39,14 +39,13 @@ def process_alive(pid):
 class Recovery:
     """The sweep, and a loop that repeats it."""
 
-    def __init__(self, pipeline, store, interval, metrics=None, board=None, members=None,
+    def __init__(self, pipeline, store, interval, metrics=None, board=None,
                  owner_prefix=None, batch=SWEEP_BATCH, alive=process_alive, rounds=None):
         self.pipeline = pipeline
         self.store = store
         self.interval = interval
         self.metrics = metrics
         self.board = board
-        self.members = members
         self.owner_prefix = owner_prefix
         self.batch = batch
         self.alive = alive
@@ -72,10 +71,8 @@ class Recovery:
                     log.info("%s: recovered (attempt %s)", sid, claim.doc["processing"].get("attempts"))
                     claimed += 1
         if self.board is not None:
-            for competition_id, username in self.store.stamped(10 * self.batch):
-                self.board.touch(competition_id, username)
-        if self.members is not None:
-            self.members.forget()
+            for competition_id, username, oid in self.store.stamped(10 * self.batch):
+                self.board.touch(competition_id, username, oid)
         return claimed
 
     def loop(self):

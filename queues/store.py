@@ -27,7 +27,6 @@ import datetime
 import logging
 import os
 import socket
-import threading
 
 from bson import ObjectId
 
@@ -45,9 +44,18 @@ REV = "criteria_rev"
 #: Fields a judgement writes: a re-score keeps them in ``history`` before judging again.
 JUDGED_FIELDS = ("consistency", "validationLogloss", "concordant", "original", "evidence", "provenance")
 #: Fields of a submission the leaderboard is built from.
-BOARD_FIELDS = {"username": 1, "created": 1, "consistency": 1, "validationLogloss": 1,
+BOARD_FIELDS = {"username": 1, "competition_id": 1, "created": 1, "consistency": 1, "validationLogloss": 1,
                 "concordant": 1, "original": 1, "processing.dispatched": 1, "processing.board": 1,
                 "processing.rev": 1}
+#: The leaderboard is read whole: projecting fields of its entries would drop entries that are
+#: not documents and so shift the positions the writer addresses.
+ENTRY_FIELDS = {"leaderboard": 1}
+
+
+#: Fields of a submission that say which round it is in, whose it is and when it came.
+MEMBER_FIELDS = {"username": 1, "filename": 1, "created": 1, "competition_id": 1}
+#: The service's own collection of markers: a write there tells a change stream's reader it has caught up.
+MARKERS = "criteria_markers"
 
 
 class LeaseLost(Exception):
@@ -114,6 +122,7 @@ class Store:
         self.submissions = db.submissions
         self.competitions = db.competitions
         self.users = db.users
+        self.markers = getattr(db, MARKERS)
         self.owner = owner or owner_name()
         self.lease_seconds = lease_seconds
 
@@ -136,6 +145,8 @@ class Store:
         which ids this call queued ('queued'), which were in the pipeline
         already ('already') and which do not exist ('missing'). An id
         repeated within the batch is queued once; repeats say 'already'.
+        The acceptance is the submission's first claim (``attempts`` 1):
+        the dispatcher carries on under the same lease.
         """
         oids = [ObjectId(sid) for sid in submission_ids]
         unique = list(dict.fromkeys(oids))
@@ -143,7 +154,7 @@ class Store:
         moved = self.submissions.update_many(
             {"_id": {"$in": unique}, "processing.state": {"$nin": list(ACTIVE)}},
             {"$set": {"processing.state": QUEUED, "processing.queued_at": now, "processing.updated_at": now,
-                      "processing.attempts": 0, "processing.error": None, "processing.lease": self._lease(token, now)},
+                      "processing.attempts": 1, "processing.error": None, "processing.lease": self._lease(token, now)},
              "$inc": {"processing.fence": 1}},
         ).modified_count
         if moved == len(unique):  # the usual case: every id was new to the pipeline
@@ -174,22 +185,26 @@ class Store:
     def claim(self, submission_id, token=None, owner=None):
         """Lease an active submission to this process; the :class:`Claim`, or None.
 
-        Takes it when ``token`` is the lease it already carries (the intake's),
-        when ``owner`` holds it (a dead process of this server's, see
-        :meth:`orphaned_owners`), or when it has no lease or an expired one.
-        Each of these is one conditional ``update_one`` on the document's
-        ``_id``, tried in that order until one takes it; then the document
-        is read back by the new token, which also tells that the lease is
-        still ours. So the usual claim is two round trips, each served by an
-        index: a ``findAndModify``, or an ``$or`` at the top of the filter,
-        makes SecantusDB scan the whole collection instead.
+        A submission this process already leases (``token``: the intake's
+        lease, or a re-score's) is claimed by reading it back under that
+        lease: one round trip, and the token keeps fencing every later
+        write. Otherwise (or when that lease was taken over meanwhile) it is
+        taken when ``owner`` holds it (a dead process of this server's, see
+        :meth:`orphaned_owners`), or when it has no lease or an expired one: a conditional ``update_one`` on its ``_id``
+        giving it a fresh token (``fence`` and ``attempts`` count claims),
+        then a read back by that token, which also tells the lease is still
+        ours. A ``findAndModify``, or an ``$or`` at the top of the filter,
+        would make SecantusDB scan the whole collection instead.
         """
         oid = ObjectId(submission_id)
+        if token is not None:
+            doc = self.submissions.find_one({"_id": oid, "processing.state": {"$in": list(ACTIVE)},
+                                             "processing.lease.token": token})
+            if doc is not None:
+                return Claim(doc, token)
         now = utcnow()
         fresh = ObjectId()
-        conditions = [{"processing.lease.token": token}] if token is not None else []
-        if owner is not None:
-            conditions.append({"processing.lease.owner": owner})
+        conditions = [{"processing.lease.owner": owner}] if owner is not None else []
         # no lease, or one without a future expiry (the service always writes one)
         conditions.append({"processing.lease.expires": {"$not": {"$gt": now}}})
         update = {"$set": {"processing.lease": self._lease(fresh, now), "processing.updated_at": now},
@@ -211,11 +226,17 @@ class Store:
             {"$set": {"processing.lease.expires": now + datetime.timedelta(seconds=self.lease_seconds)}},
         ).modified_count
 
-    def release(self, tokens):
-        """Give leases up now (shutting down, or giving up for a while): anyone may claim them."""
+    def release(self, tokens, oid=None):
+        """Give leases up now (shutting down, or giving up for a while): anyone may claim them.
+
+        An intake's token is shared by the batch it accepted, so giving up
+        one submission names its ``oid`` too.
+        """
         if tokens:
-            self.submissions.update_many({"processing.lease.token": {"$in": list(tokens)}},
-                                         {"$set": {"processing.lease.expires": utcnow()}})
+            held = {"processing.lease.token": {"$in": list(tokens)}}
+            if oid is not None:
+                held["_id"] = oid
+            self.submissions.update_many(held, {"$set": {"processing.lease.expires": utcnow()}})
 
     def claimable(self, limit, owners=(), within=None):
         """Ids of active submissions nobody holds (or held by ``owners``), oldest first.
@@ -335,7 +356,7 @@ class Store:
             {"_id": doc["_id"], "processing.state": {"$in": list(SETTLED)}, "processing.rev": processing.get("rev"),
              "processing.rescore": {"$ne": run}},
             {"$set": {"processing.state": QUEUED, "processing.queued_at": now, "processing.updated_at": now,
-                      "processing.attempts": 0, "processing.error": None, "processing.rescore": run,
+                      "processing.attempts": 1, "processing.error": None, "processing.rescore": run,
                       "processing.lease": self._lease(token, now)},
              "$push": {"history": kept},
              "$inc": {"processing.fence": 1, "processing.rev": 1}})
@@ -420,73 +441,64 @@ class Store:
             {"_id": int(competition_id), "rescore.run": run},
             {"$unset": {"rescore": ""}, "$push": {"rescores": summary}}).modified_count)
 
-    # -- originality ----------------------------------------------------------
-    def new_members(self, competition_id, known):
-        """Submissions of the round not among ``known`` ids: ``[{_id, username, filename, created}]``.
+    # -- originality's round members (see queues.members) ---------------------------
+    def round_members(self, competition_id):
+        """Every submission of the round: ``[{_id, username, filename, created, competition_id}]``."""
+        return list(self.submissions.find({"competition_id": int(competition_id)}, MEMBER_FIELDS))
 
-        One projected query whose answer holds only what is new, so a
-        round's originality checks do not read every other user's document
-        each time, yet see every submission inserted before they start.
+    def round_member(self, oid):
+        """One submission's member fields, or None."""
+        return self.submissions.find_one({"_id": oid}, MEMBER_FIELDS)
+
+    def watch_members(self, await_ms):
+        """A change stream of what can change a round's members, and of the markers.
+
+        Inserts, replacements and deletions of submissions, updates that
+        set or remove one of the member fields, the markers, and the events
+        after which everything must be read again. Raises when the
+        database has no change streams.
         """
-        return list(self.submissions.find(
-            {"competition_id": int(competition_id), "_id": {"$nin": list(known)}},
-            {"username": 1, "filename": 1, "created": 1}))
+        fields = [name for name in MEMBER_FIELDS if name != "_id"]
+        changed = [{"updateDescription.updatedFields.%s" % name: {"$exists": True}} for name in fields]
+        pipeline = [{"$match": {"$or": [
+            {"operationType": {"$in": ["drop", "dropDatabase", "rename", "invalidate"]}},
+            {"ns.coll": MARKERS},
+            {"ns.coll": "submissions", "$or": [{"operationType": {"$in": ["insert", "replace", "delete"]}},
+                                               {"updateDescription.removedFields": {"$in": fields}}] + changed},
+        ]}}]
+        return self.db.watch(pipeline, max_await_time_ms=await_ms)
 
-    # -- leaderboard ------------------------------------------------------------
+    def write_marker(self, token):
+        """Write marker ``token`` (one small document): the change stream delivers it after everything before."""
+        self.markers.update_one({"_id": "members"}, {"$set": {"token": token}}, upsert=True)
+
+    # -- leaderboard (see queues.leaderboard) ----------------------------------------
     def board_submissions(self, competition_id, usernames):
         """Every submission of these users in the round, with what the leaderboard shows of it."""
         return list(self.submissions.find(
             {"competition_id": int(competition_id), "username": {"$in": list(usernames)}}, BOARD_FIELDS))
 
-    def board_usernames(self, competition_id):
-        """Users with an entry in the round's leaderboard, or None when the round has no document."""
-        doc = self.competitions.find_one({"_id": int(competition_id)}, {"leaderboard.username": 1})
+    def board_docs(self, oids):
+        """These submissions (by ``_id``), with what the leaderboard shows of them."""
+        if not oids:
+            return []
+        return list(self.submissions.find({"_id": {"$in": list(oids)}}, BOARD_FIELDS))
+
+    def board_entries(self, competition_id):
+        """The round's leaderboard entries, or None when the round has no document."""
+        doc = self.competitions.find_one({"_id": int(competition_id)}, ENTRY_FIELDS)
         if doc is None:
             return None
-        return {entry.get("username") for entry in doc.get("leaderboard") or []}
+        entries = doc.get("leaderboard")
+        return entries if isinstance(entries, list) else []
 
     def ensure_competition(self, competition_id):
         self.competitions.update_one({"_id": int(competition_id)}, {"$setOnInsert": {"leaderboard": []}}, upsert=True)
 
-    def push_entries(self, competition_id, entries):
-        """Add entries for users that have none, all or nothing; True when written."""
-        names = [entry["username"] for entry in entries]
-        return bool(self.competitions.update_one(
-            {"_id": int(competition_id), "leaderboard.username": {"$nin": names}},
-            {"$push": {"leaderboard": {"$each": entries}}},
-        ).modified_count)
-
-    def swap_entries(self, competition_id, changes):
-        """Move many entries forward in one write; each only if it shows something older.
-
-        ``changes`` is ``[(username, older_ids, fields)]`` where ``fields``
-        holds the entry's owned fields including ``submission_id`` and
-        ``rev``. An entry is written when it points at one of
-        ``older_ids`` (or at nothing), or at the same submission at a lower
-        revision. So replaying a write is harmless, and a writer working
-        from an older read can never move an entry backwards.
-
-        MongoDB evaluates array filters against the document before the
-        update; SecantusDB re-evaluates them after each path it sets. So the
-        two fields the conditions read are set last, ``rev`` and then
-        ``submission_id``, which keeps the conditions true until every other
-        field is written, on either server.
-        """
-        sets, filters = {}, []
-        for number, (username, older_ids, fields) in enumerate(changes):
-            e = "e%d" % number
-            filters.append({"%s.username" % e: username, "$or": [
-                {"%s.submission_id" % e: {"$in": list(older_ids) + [None]}},
-                {"%s.submission_id" % e: fields["submission_id"],
-                 "$or": [{"%s.%s" % (e, REV): {"$lt": fields[REV]}}, {"%s.%s" % (e, REV): None}]}]})
-            for key, value in fields.items():
-                if key not in (REV, "submission_id"):
-                    sets["leaderboard.$[%s].%s" % (e, key)] = value
-        for last in (REV, "submission_id"):
-            for number, (_, _, fields) in enumerate(changes):
-                sets["leaderboard.$[e%d].%s" % (number, last)] = fields[last]
-        if sets:
-            self.competitions.update_one({"_id": int(competition_id)}, {"$set": sets}, array_filters=filters)
+    def write_board(self, competition_id, conditions, sets):
+        """One conditional ``$set`` on the round's competition document; True when it matched."""
+        return bool(self.competitions.update_one({"_id": int(competition_id), **conditions},
+                                                 {"$set": sets}).matched_count)
 
     def career_earnings(self, usernames):
         """``{username: {usd, nmr}}`` career earnings, zeros for users with none recorded."""
@@ -509,9 +521,9 @@ class Store:
                 {"$unset": {"processing.board": ""}})
 
     def stamped(self, limit):
-        """``(competition_id, username)`` of submissions whose leaderboard change is not yet confirmed."""
+        """``(competition_id, username, _id)`` of submissions whose leaderboard change is not yet confirmed."""
         found = self.submissions.find({"processing.board": {"$exists": True}}, {"competition_id": 1, "username": 1}).limit(limit)
-        return {(doc["competition_id"], doc["username"]) for doc in found
+        return {(doc["competition_id"], doc["username"], doc["_id"]) for doc in found
                 if doc.get("competition_id") is not None and doc.get("username")}
 
     def ensure_indexes(self):
@@ -521,44 +533,3 @@ class Store:
         self.submissions.create_index([("processing.board", 1)], sparse=True)
         self.submissions.create_index([("competition_id", 1), ("username", 1)])
         self.submissions.create_index([("competition_id", 1), ("_id", 1)])
-
-
-class RoundMembers:
-    """Each round's submissions (id, user, file, created), read once and then only what is new."""
-
-    def __init__(self, store):
-        self.store = store
-        self._rounds = {}
-        self._locks = {}
-        self._lock = threading.Lock()
-
-    def latest_others(self, competition_id, username, created):
-        """Everyone else's latest submission created before ``created``, one per other user.
-
-        ``[{submission_id, username, filename, created}]``; the latest by ``created``,
-        then ``_id``. Reads the round's new documents first, so the answer
-        is that of a fresh query at this instant.
-        """
-        competition_id = int(competition_id)
-        with self._lock:
-            gate = self._locks.setdefault(competition_id, threading.Lock())
-        with gate:
-            members = self._rounds.setdefault(competition_id, {})
-            for doc in self.store.new_members(competition_id, members.keys()):
-                members[doc["_id"]] = doc
-            rows = list(members.values())
-        latest = {}
-        for doc in rows:
-            name = doc.get("username")
-            if name == username or doc.get("created") is None or not doc["created"] < created:
-                continue
-            mine = latest.get(name)
-            if mine is None or (doc["created"], doc["_id"]) > (mine["created"], mine["_id"]):
-                latest[name] = doc
-        return [{"submission_id": str(doc["_id"]), "username": doc["username"], "filename": doc.get("filename"),
-                 "created": doc["created"]} for doc in latest.values()]
-
-    def forget(self):
-        """Drop every cached round (the sweep does, so deleted documents leave too)."""
-        with self._lock:
-            self._rounds.clear()

@@ -134,7 +134,7 @@ class Worker:
             job.verdicts.close()
         if job.claim is not None:
             try:
-                self.store.release([job.claim.token])
+                self.store.release([job.claim.token], job.claim.oid)
             except Exception as exc:  # the database may be away: the lease expires on its own
                 log.warning("%s: could not release the lease (%s); it expires on its own", job.submission_id, type(exc).__name__)
 
@@ -160,7 +160,7 @@ class Worker:
 
     def touch_board(self, claim):
         if self.board is not None:
-            self.board.touch(claim.doc.get("competition_id"), claim.doc.get("username"))
+            self.board.touch(claim.doc.get("competition_id"), claim.doc.get("username"), claim.oid)
 
     def predictions(self, job, rnd):
         """The job's predictions in ``rnd``'s row order: parsed once, and again when the round was

@@ -12,6 +12,7 @@ crashes once the k-th write is applied but before its answer arrives.
 """
 import collections
 import datetime
+import threading
 
 import numpy as np
 from bson import ObjectId
@@ -20,12 +21,13 @@ from queues import demo
 from queues.app import create_app
 from queues.config import Config
 from queues.leaderboard import Leaderboard, desired_entry, newest
+from queues.members import RoundMembers
 from queues.metrics import Metrics
 from queues.pipeline import CONCORDANCE, DISPATCH, ORIGINALITY, Pipeline
 from queues.recovery import Recovery
 from queues.rescore import Rescorer
 from queues.rounds import Rounds
-from queues.store import ACTIVE, CHECKS, DONE, FAILED, RoundMembers, Store
+from queues.store import ACTIVE, CHECKS, DONE, FAILED, Store
 from queues.supervisor import Supervisor
 from queues.workers import ConcordanceWorker, Dispatcher, OriginalityWorker
 from scoring import concordance, consistency, originality
@@ -78,7 +80,7 @@ class FaultyDatabase:
         self._faults = faults
 
     def __getattr__(self, name):
-        if name in ("command", "name", "client"):
+        if name in ("command", "name", "client", "watch"):
             return getattr(self._db, name)
         return FaultyCollection(getattr(self._db, name), self._faults)
 
@@ -88,15 +90,17 @@ class Node:
 
     STAGES = (DISPATCH, CONCORDANCE, ORIGINALITY)
 
-    def __init__(self, db, files, cache_dir, pid, faults=None, rules=None, alive=lambda pid: False):
+    def __init__(self, db, files, cache_dir, pid, faults=None, rules=None, alive=lambda pid: False, follow=False):
         self.pid = pid
         self.faults = faults or Faults()
         self.db = FaultyDatabase(db, self.faults)
         self.store = Store(self.db, owner="%s%d" % (HOST, pid), lease_seconds=30)
         self.pipeline = Pipeline()
         self.metrics = Metrics()
-        self.board = Leaderboard(self.store, self.pipeline.stop)
-        self.members = RoundMembers(self.store)
+        self.members = RoundMembers(self.store, self.pipeline.stop)
+        self.board = Leaderboard(self.store, self.pipeline.stop, members=self.members)
+        if follow:  # follow the database's change stream as the server's members thread does
+            threading.Thread(target=self.members.loop, name="members", daemon=True).start()
         rules = rules or Config(api_key=API_KEY).rules
         rounds = Rounds(files, cache_dir, rules, PreparedRound)
         parts = dict(store=self.store, rounds=rounds, rules=rules, metrics=self.metrics, board=self.board,
@@ -104,7 +108,7 @@ class Node:
         self.workers = {DISPATCH: Dispatcher(self.pipeline, **parts),
                         CONCORDANCE: ConcordanceWorker(self.pipeline, **parts),
                         ORIGINALITY: OriginalityWorker(self.pipeline, **parts)}
-        self.recovery = Recovery(self.pipeline, self.store, 60, self.metrics, self.board, self.members,
+        self.recovery = Recovery(self.pipeline, self.store, 60, self.metrics, self.board,
                                  owner_prefix=HOST, alive=lambda other: other == pid or alive(other))
         self.rescorer = Rescorer(self.pipeline, self.store, rules, 60,
                                  judges=(Dispatcher(self.pipeline, **parts), ConcordanceWorker(self.pipeline, **parts),
@@ -145,10 +149,12 @@ class Node:
                 return
 
     def rescore(self, passes=20):
-        """Drive every open re-score this node may drive, with the jobs it queues, until none is open."""
+        """Drive every open re-score this node may drive, with the jobs it queues and what its
+        recovery sweep finds, until none is open."""
         for _ in range(passes):
             self.rescorer.step()
             self.drain()
+            self.recover()  # as the server's recovery thread would: work a stale job dropped is claimed again
             if not self.store.open_rescores():
                 return
         raise AssertionError("a re-score is still open after %d passes: %s" % (passes, self.store.open_rescores()))

@@ -163,7 +163,7 @@ def test_status_shows_what_is_stored(client, submit, model, store):
     assert body["consistency"] == 75.0
     assert body["concordant"] == {"pending": True}
     assert body["original"] is None
-    assert body["processing"]["attempts"] == 0
+    assert body["processing"]["attempts"] == 1
     assert body["processing"]["queued_at"].endswith("Z")
     for internal in ("lease", "fence", "board", "dispatched"):  # the service's bookkeeping stays inside
         assert internal not in body["processing"]

@@ -21,7 +21,7 @@ from queues import demo, workers
 from queues.leaderboard import desired_entry, newest
 from queues.pipeline import ORIGINALITY
 from queues.rounds import Rounds
-from queues.store import RoundMembers
+from queues.members import RoundMembers
 from scoring import concordance, consistency, evidence, originality
 from scoring.ks import ks_statistic
 from scoring.prepared import PreparedRound

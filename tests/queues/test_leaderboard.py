@@ -221,29 +221,54 @@ def test_only_the_fields_the_service_owns_are_written(rnd, board):
     assert rnd.db.competitions.find_one({"_id": ROUND})["resolved"] is True
 
 
-def test_a_writer_with_an_older_read_cannot_move_an_entry_backwards(rnd, board):
-    """A second server's writer, working from a read taken before the last changes, writes
-    after a writer with a fresh read: neither the older submission nor the older revision
-    of the same submission comes back."""
+class Interrupted:
+    """A store whose next leaderboard write first lets ``meanwhile`` run: the writer read the
+    entries and the submissions, then another server's writer (and workers) went first."""
+
+    def __init__(self, store, meanwhile):
+        self.store = store
+        self.meanwhile = list(meanwhile)
+        self.matched = []
+
+    def __getattr__(self, name):
+        return getattr(self.store, name)
+
+    def write_board(self, *args):
+        if self.meanwhile:
+            self.meanwhile.pop(0)()
+        self.matched.append(self.store.write_board(*args))
+        return self.matched[-1]
+
+
+@pytest.mark.parametrize("stale", ["older submission", "older revision"])
+def test_a_writer_whose_read_was_overtaken_cannot_move_an_entry_backwards(rnd, board, stale):
+    """A second server's writer read the entries and the submissions, then a fresher writer wrote
+    before it: its write matches nothing, and it reads everything again instead of writing what it had."""
     older = rnd.submit("alice")
     rnd.dispatch(older)
-    stale_older = rnd.store.board_submissions(ROUND, {"alice"})
-    newer = rnd.submit("alice")
-    rnd.dispatch(newer)
-    stale_pending = rnd.store.board_submissions(ROUND, {"alice"})
-    rnd.judge(newer, concordant=False, original=False)
     board.touch(ROUND, "alice")
     board.flush(board.take(0))
-    assert rnd.entry("alice")["original"] == {"pending": False, "value": False}
-    for stale in (stale_older, stale_pending):
-        slow = Leaderboard(rnd.store, threading.Event())
-        slow.store = type("Stale", (), {"__getattr__": lambda _, name: getattr(rnd.store, name),
-                                        "board_submissions": staticmethod(lambda c, u, s=stale: s)})()
-        slow.touch(ROUND, "alice")
-        slow.flush(slow.take(0))
-        entry = rnd.entry("alice")
-        assert entry["submission_id"] == newer
-        assert entry["original"] == {"pending": False, "value": False}
+    newer = rnd.submit("alice") if stale == "older submission" else older
+
+    def overtake():
+        if stale == "older submission":
+            rnd.dispatch(newer)
+        else:  # judged again after a re-POST: a higher revision of the same submission
+            token = ObjectId()
+            assert rnd.store.accept_many([str(older)], token) == ["queued"]
+            claim = rnd.store.claim(str(older), token=token)
+            rnd.store.dispatched(claim, 60.0, 0.5)
+            rnd.store.judged(claim, {"concordant": False, "original": False})
+        board.touch(ROUND, "alice")
+        board.flush(board.take(0))
+    rnd.judge(older, concordant=True)  # what the slow writer reads
+    interrupted = Interrupted(rnd.store, [overtake])
+    slow = Leaderboard(interrupted, threading.Event())
+    slow.touch(ROUND, "alice")
+    slow.flush(slow.take(0))
+    # the overtaken write matched nothing; from fresh reads the entry was then in line, or written again
+    assert interrupted.matched[0] is False and all(interrupted.matched[1:])
+    assert rnd.entry("alice")["submission_id"] == newer
     assert_in_line(rnd)
 
 
@@ -291,9 +316,9 @@ def test_after_a_crash_the_sweep_finds_unconfirmed_changes(rnd, board):
         rnd.dispatch(oid)
         rnd.judge(oid)
     assert rnd.entries() == []
-    assert rnd.store.stamped(100) == {(ROUND, "u%d" % i) for i in range(5)}
-    for competition_id, username in rnd.store.stamped(100):  # what Recovery.sweep does
-        board.touch(competition_id, username)
+    assert rnd.store.stamped(100) == {(ROUND, "u%d" % i, oid) for i, oid in enumerate(oids)}
+    for competition_id, username, oid in rnd.store.stamped(100):  # what Recovery.sweep does
+        board.touch(competition_id, username, oid)
     board.flush(board.take(0))
     assert_in_line(rnd)
     assert rnd.store.stamped(100) == set()

@@ -46,16 +46,8 @@ class Board:
     def __init__(self):
         self.touched = []
 
-    def touch(self, competition_id, username):
+    def touch(self, competition_id, username, submission_id=None):
         self.touched.append((competition_id, username))
-
-
-class Members:
-    def __init__(self):
-        self.forgotten = 0
-
-    def forget(self):
-        self.forgotten += 1
 
 
 @pytest.fixture
@@ -186,14 +178,13 @@ def test_without_an_owner_prefix_no_live_lease_is_taken(pipeline, store, db):
     assert held_by(store, sid) == PREFIX + "77"
 
 
-def test_sweep_retouches_unconfirmed_leaderboard_entries_and_forgets_rounds(pipeline, store, db):
+def test_sweep_retouches_unconfirmed_leaderboard_entries(pipeline, store, db):
     stamped = add(db, 1, {"state": DONE, "board": ObjectId()})
     add(db, 2, {"state": DONE})
-    board, members = Board(), Members()
-    recovery = Recovery(pipeline, store, interval=60, board=board, members=members)
+    board = Board()
+    recovery = Recovery(pipeline, store, interval=60, board=board)
     recovery.sweep()
     assert board.touched == [(41, store.get(stamped)["username"])]
-    assert members.forgotten == 1
 
 
 class DispatchOnly:

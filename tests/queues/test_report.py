@@ -8,7 +8,7 @@ import pytest
 
 from queues.app import create_app
 from queues.report import CDF_POINTS, Reports, cdf_figure, ks_gap, to_svg
-from queues.store import RoundMembers
+from queues.members import RoundMembers
 from scoring.ks import ks_statistic
 from tests.conftest import API_KEY
 from tests.queues.test_workers import Board, drain, make_stages, queue

@@ -11,7 +11,7 @@ import pytest
 from bson import ObjectId
 from pymongo import monitoring
 
-from queues.store import (CHECKS, DONE, FAILED, PENDING, QUEUED, SCORING, Claim, LeaseLost, RoundMembers, Store,
+from queues.store import (CHECKS, DONE, FAILED, PENDING, QUEUED, SCORING, Claim, LeaseLost, Store,
                           utcnow)
 
 ROUND = 41
@@ -56,7 +56,7 @@ def test_accept_queues_and_leases_new_ids_and_tells_the_rest_apart(store, db):
     assert processing["state"] == QUEUED
     assert processing["lease"]["token"] == token and processing["lease"]["owner"] == store.owner
     assert processing["lease"]["expires"] > utcnow()
-    assert processing["attempts"] == 0 and processing["error"] is None
+    assert processing["attempts"] == 1 and processing["error"] is None
     assert store.get(busy)["processing"]["lease"]["token"] != token  # not re-leased
 
 
@@ -78,18 +78,31 @@ def test_a_settled_submission_is_queued_again(store, db, settle):
 
 
 # -- leases -----------------------------------------------------------------------
-def test_claim_takes_the_intake_lease_with_its_token_only(store, db):
+def test_claim_carries_on_under_the_intake_lease_with_its_token_only(store, db):
     sid = add_submission(db, "alice")
     token = accepted(store, sid)
+    before = store.get(sid)["processing"]
     assert store.claim(sid) is None  # leased to the intake's job, not expired
     assert store.claim(sid, token=ObjectId()) is None
     claim = store.claim(sid, token=token)
-    assert isinstance(claim, Claim) and claim.token != token
-    processing = store.get(sid)["processing"]
-    assert processing["lease"]["token"] == claim.token
-    assert processing["attempts"] == 1 and processing["fence"] == 2
+    assert isinstance(claim, Claim) and claim.token == token
+    assert store.get(sid)["processing"] == before  # read back under the lease: nothing written
+    assert before["attempts"] == 1 and before["fence"] == 1
     assert claim.doc["username"] == "alice" and not claim.dispatched and claim.pending == set(CHECKS)
-    assert store.claim(sid, token=token) is None  # the old token is spent
+    store.failed(claim, "broken file")
+    assert store.claim(sid, token=token) is None  # settled: nothing left to claim
+
+
+def test_giving_one_submission_up_leaves_the_rest_of_its_intake_batch_leased(real_db):
+    """On SecantusDB: mongomock's update_many gives every document of a batch the same lease
+    object, so changing one document's lease there changes them all."""
+    store, db = Store(real_db, owner="test-host:5151:1"), real_db
+    first, second = add_submission(db, "alice"), add_submission(db, "bob")
+    token = ObjectId()
+    assert store.accept_many([first, second], token) == ["queued", "queued"]
+    store.release([token], ObjectId(first))
+    assert store.claim(first) is not None  # released: anyone may take it
+    assert store.claim(second) is None     # still the intake's
 
 
 def test_claim_takes_expired_or_missing_leases_and_never_settled_ones(store, db):
@@ -239,58 +252,13 @@ def test_board_stamps_are_cleared_only_when_unchanged(store, db):
     claim = claimed(store, sid)
     store.dispatched(claim, 50.0, 0.69)
     old = store.get(sid)["processing"]["board"]
-    assert store.stamped(10) == {(ROUND, "alice")}
+    assert store.stamped(10) == {(ROUND, "alice", ObjectId(sid))}
     store.judged(claim, {"concordant": True, "original": True})
     store.clear_board_stamps([(ObjectId(sid), old)])
     assert "board" in store.get(sid)["processing"]  # re-stamped since: kept
     store.clear_board_stamps([(ObjectId(sid), store.get(sid)["processing"]["board"])])
     assert "board" not in store.get(sid)["processing"]
     assert store.stamped(10) == set()
-
-
-# -- originality's round members ---------------------------------------------------
-class CountingStore:
-    """Counts the documents ``new_members`` returns."""
-
-    def __init__(self, store):
-        self.store = store
-        self.returned = 0
-
-    def new_members(self, competition_id, known):
-        found = self.store.new_members(competition_id, known)
-        self.returned += len(found)
-        return found
-
-
-def test_round_members_answer_like_a_fresh_query_and_read_only_what_is_new(store, db):
-    counting = CountingStore(store)
-    members = RoundMembers(counting)
-    at = lambda hours: T0 + datetime.timedelta(hours=hours)  # noqa: E731
-    add_submission(db, "bob", created=at(1))
-    newest_bob = add_submission(db, "bob", created=at(2))
-    add_submission(db, "carol", created=at(5))  # after the candidate: not compared
-    add_submission(db, "alice", created=at(1))  # the candidate's own user: never compared
-    add_submission(db, "dave", created=at(1), competition_id=ROUND + 1)
-    found = members.latest_others(ROUND, "alice", at(3))
-    assert [o["submission_id"] for o in found] == [newest_bob]
-    assert counting.returned == 4
-    assert members.latest_others(ROUND, "alice", at(3)) == found
-    assert counting.returned == 4  # nothing new: nothing read
-    # inserted late with an older created time and an id from the past: still seen
-    late = ObjectId.from_datetime(T0)
-    db.submissions.insert_one({"_id": late, "username": "erin", "competition_id": ROUND,
-                               "filename": "e.csv", "created": at(0)})
-    found = members.latest_others(ROUND, "alice", at(3))
-    assert sorted(o["submission_id"] for o in found) == sorted([newest_bob, str(late)])
-    assert counting.returned == 5
-
-
-def test_round_members_break_equal_created_times_by_id(store, db):
-    members = RoundMembers(store)
-    ids = sorted(add_submission(db, "bob", created=T0) for _ in range(3))
-    assert [o["submission_id"] for o in members.latest_others(ROUND, "alice", T0 + datetime.timedelta(1))] == [ids[-1]]
-    # a submission created at the same instant as the candidate is not earlier than it
-    assert members.latest_others(ROUND, "alice", T0) == []
 
 
 # -- races on a real server ------------------------------------------------------------

@@ -24,7 +24,8 @@ from queues.leaderboard import desired_entry, newest
 from queues.pipeline import CONCORDANCE, DISPATCH, ORIGINALITY, Job, Pipeline
 from queues.recovery import Recovery
 from queues.rounds import Rounds
-from queues.store import DONE, FAILED, PENDING, QUEUED, SCORING, RoundMembers, Store, utcnow
+from queues.members import RoundMembers
+from queues.store import DONE, FAILED, PENDING, QUEUED, SCORING, Store, utcnow
 import scoring
 from scoring import concordance, consistency, evidence, originality
 from scoring.prepared import PreparedRound
@@ -42,7 +43,7 @@ class Board:
     def __init__(self):
         self.touched = []
 
-    def touch(self, competition_id, username):
+    def touch(self, competition_id, username, submission_id=None):
         self.touched.append((competition_id, username))
 
 
