@@ -6,6 +6,7 @@ feature*, target``. This module turns those CSVs into the arrays the
 rules need and says clearly what is wrong when they are malformed.
 """
 import dataclasses
+import functools
 
 import numpy as np
 import pandas as pd
@@ -34,6 +35,15 @@ class Tournament:
     def validation(self):
         """Boolean mask of the validation rows."""
         return self.data_types == "validation"
+
+    @functools.cached_property
+    def validation_eras(self):
+        """The validation rows' eras as a ``pandas.Categorical``, grouped once per round.
+
+        Consistency is judged on these rows for every submission; with the
+        eras as codes it no longer sorts and compares era names each time.
+        """
+        return pd.Categorical(self.eras[self.validation])
 
 
 def feature_columns(frame):
