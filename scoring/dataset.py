@@ -12,6 +12,7 @@ import numpy as np
 import pandas as pd
 
 from scoring.errors import DataError
+from scoring.submission import RoundIds
 
 TRAINING_FILE = "numerai_training_data.csv"
 TOURNAMENT_FILE = "numerai_tournament_data.csv"
@@ -44,6 +45,11 @@ class Tournament:
         eras as codes it no longer sorts and compares era names each time.
         """
         return pd.Categorical(self.eras[self.validation])
+
+    @functools.cached_property
+    def reader(self):
+        """The round's ids prepared for reading its submissions (:class:`scoring.submission.RoundIds`), built once."""
+        return RoundIds(self.ids)
 
 
 def feature_columns(frame):
