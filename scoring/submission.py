@@ -183,7 +183,7 @@ class RoundIds:
         try:
             frame = pd.read_csv(io.BytesIO(raw), dtype={"id": self.dtype}, skipinitialspace=b" " in raw,
                                 index_col=False)
-        except Exception as exc:  # noqa: BLE001 - anything unusual is the plain reader's to explain
+        except Exception as exc:  # anything unusual is the plain reader's to read and explain
             log.debug("fast read declined the file (%s); reading it the plain way", type(exc).__name__)
             return None
         if list(frame.columns) != ["id", "probability"] or frame["id"].dtype != self.dtype:
