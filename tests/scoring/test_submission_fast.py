@@ -128,6 +128,31 @@ def test_any_file_reads_as_the_plain_reader_reads_it(case):
     event("fast path" if fast else "plain " + outcome(lambda: parse_submission(raw, ids))[0])
 
 
+@st.composite
+def one_byte_off(draw):
+    """A good file of a round with plain ids, in round order or shuffled, with one byte inserted, dropped or changed."""
+    ids = pd.Index(draw(st.lists(st.one_of(hex_ids, int_ids, zero_ids), min_size=1, max_size=8, unique=True)))
+    values = draw(st.lists(st.floats(0, 1), min_size=len(ids), max_size=len(ids)))
+    rows = list(zip(ids, values))
+    if draw(st.booleans()):
+        rows = draw(st.permutations(rows))
+    raw = ("id,probability\n" + "".join("%s,%r\n" % row for row in rows)).encode()
+    at = draw(st.integers(0, len(raw) - 1))
+    byte = bytes([draw(st.integers(0, 255))])
+    how = draw(st.sampled_from(["insert", "drop", "change"]))
+    raw = {"insert": raw[:at] + byte + raw[at:], "drop": raw[:at] + raw[at + 1:],
+           "change": raw[:at] + byte + raw[at + 1:]}[how]
+    return raw, ids
+
+
+@settings(max_examples=1000, deadline=None)
+@given(one_byte_off())
+def test_a_good_file_one_byte_off_reads_as_the_plain_reader_reads_it(case):
+    raw, ids = case
+    fast = assert_same(raw, ids)
+    event("fast path" if fast else "plain " + outcome(lambda: parse_submission(raw, ids))[0])
+
+
 @settings(max_examples=300, deadline=None)
 @given(round_ids(), st.data())
 def test_good_files_in_any_order_take_the_fast_path(ids, data):
