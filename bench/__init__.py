@@ -5,12 +5,13 @@ Each benchmark is a module with ``add_arguments(parser)`` and
 registered in :data:`BENCHMARKS` below; that is the only place a new one
 (``round``, ``intake``, ...) needs to be added.
 """
-from bench import concordance, intake, originality, round, scaleout
+from bench import concordance, intake, originality, reading, round, scaleout
 
 #: name -> benchmark module, in the order ``python -m bench`` runs them.
 BENCHMARKS = {
     "originality": originality,
     "concordance": concordance,
+    "reading": reading,
     "round": round,
     "intake": intake,
     "scaleout": scaleout,

@@ -39,7 +39,6 @@ from queues.store import utcnow
 from scoring import concordance, dataset
 from scoring.dataset import DatasetError
 from scoring.prepared import ExactValuesChanged
-from scoring.submission import parse_submission
 
 log = logging.getLogger(__name__)
 
@@ -292,7 +291,7 @@ class Rounds:
     def predictions(self, rnd, username, filename):
         """A submission's predictions in the round's row order (float64)."""
         raw = self.files.submission(username, filename)
-        return parse_submission(raw, rnd.tournament.ids)
+        return rnd.tournament.reader.parse(raw)
 
     def prepare(self, rnd, submission_id, username, filename, values=None):
         """Make sure a submission is in the round's originality index."""

@@ -177,7 +177,7 @@ class Worker:
         values = self.predictions(job, rnd)
         tournament = rnd.tournament
         valid = tournament.validation
-        found = consistency.consistency_evidence(tournament.eras[valid], tournament.targets[valid], values[valid],
+        found = consistency.consistency_evidence(tournament.validation_eras, tournament.targets[valid], values[valid],
                                                  self.rules)
         loss = consistency.logloss(tournament.targets[valid], values[valid], self.rules.logloss_epsilon)
         return found["consistency"], loss, self.provenance.fields("consistency", found, rnd, self.rules)

@@ -6,11 +6,13 @@ feature*, target``. This module turns those CSVs into the arrays the
 rules need and says clearly what is wrong when they are malformed.
 """
 import dataclasses
+import functools
 
 import numpy as np
 import pandas as pd
 
 from scoring.errors import DataError
+from scoring.submission import RoundIds
 
 TRAINING_FILE = "numerai_training_data.csv"
 TOURNAMENT_FILE = "numerai_tournament_data.csv"
@@ -34,6 +36,20 @@ class Tournament:
     def validation(self):
         """Boolean mask of the validation rows."""
         return self.data_types == "validation"
+
+    @functools.cached_property
+    def validation_eras(self):
+        """The validation rows' eras as a ``pandas.Categorical``, grouped once per round.
+
+        Consistency is judged on these rows for every submission; with the
+        eras as codes it no longer sorts and compares era names each time.
+        """
+        return pd.Categorical(self.eras[self.validation])
+
+    @functools.cached_property
+    def reader(self):
+        """The round's ids prepared for reading its submissions (:class:`scoring.submission.RoundIds`), built once."""
+        return RoundIds(self.ids)
 
 
 def feature_columns(frame):
