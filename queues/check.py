@@ -180,37 +180,38 @@ def probe_local(choice, connect, name):
     return connect_and_probe(connect, choice, name)
 
 
-def run(config, connect, s3_client, local_database=local_database):
-    """Every finding for ``config``.
+def each(config, connect, s3_client, local_database=local_database):
+    """Yield each finding for ``config`` as soon as it is known, so the report's lines come one by one.
 
     ``connect(url)`` makes a MongoClient; ``s3_client()`` an S3 client
     (production); ``local_database()`` says which database local mode
     would use: a URL to probe, a Running server's, or a Finding when it
     would start its own.
     """
-    running = local.holder(config.local_dir) if config.local else None
-    findings = [listening(config, running)]
+    yield listening(config, local.holder(config.local_dir) if config.local else None)
     if config.local:
-        findings.append(folder(config.local_dir))
-        findings.append(probe_local(local_database(), connect, config.mongo_db_name))
-        return findings
-    findings.append(connect_and_probe(connect, config.mongo_url, config.mongo_db_name))
+        yield folder(config.local_dir)
+        yield probe_local(local_database(), connect, config.mongo_db_name)
+        return
+    yield connect_and_probe(connect, config.mongo_url, config.mongo_db_name)
     import botocore.exceptions
     try:
         client = s3_client()
     except (botocore.exceptions.BotoCoreError, ValueError) as exc:
-        findings.append(Finding("S3 client", "cannot be made: %s" % exc, misconfigured=True))
-        return findings
-    findings.append(bucket(client, config.upload_bucket, "S3_UPLOAD_BUCKET"))
-    findings.append(bucket(client, config.dataset_bucket, "S3_DATASET_BUCKET"))
-    return findings
+        yield Finding("S3 client", "cannot be made: %s" % exc, misconfigured=True)
+        return
+    yield bucket(client, config.upload_bucket, "S3_UPLOAD_BUCKET")
+    yield bucket(client, config.dataset_bucket, "S3_DATASET_BUCKET")
 
 
 def report(findings, out):
-    """Print one line per finding and a verdict; returns the exit status (0: ready)."""
+    """Print one line per finding as it comes, then a verdict; returns the exit status (0: ready)."""
+    problems = []
     for finding in findings:
         out.write(finding.line() + "\n")
-    problems = [finding for finding in findings if not finding.ok]
+        out.flush()
+        if not finding.ok:
+            problems.append(finding)
     if problems:
         out.write("not ready: %d problem%s\n" % (len(problems), "" if len(problems) == 1 else "s"))
         return 1

@@ -72,7 +72,7 @@ class Refusing:
 
 
 def run(config, connect, s3_client):
-    findings = check.run(config, connect, s3_client)
+    findings = list(check.each(config, connect, s3_client))
     out = io.StringIO()
     return findings, check.report(findings, out), out.getvalue()
 
@@ -157,11 +157,11 @@ def local_config(tmp_path, **fields):
 
 def test_local_mode_checks_the_folder_and_the_database_it_would_use(tmp_path):
     config = local_config(tmp_path)
-    findings = check.run(config, healthy_mongo, None, lambda: "mongodb://127.0.0.1:27017")
+    findings = list(check.each(config, healthy_mongo, None, lambda: "mongodb://127.0.0.1:27017"))
     assert [f.ok for f in findings] == [True, True, True]
     (tmp_path / "file").write_text("x")
     config = Config(api_key="k", local=True, local_dir=str(tmp_path / "file"), port=free_port())
-    findings = check.run(config, healthy_mongo, None, lambda: check.Finding("embedded database"))
+    findings = list(check.each(config, healthy_mongo, None, lambda: check.Finding("embedded database")))
     assert findings[1].problem == "is a file, not a folder"
 
 
@@ -188,7 +188,7 @@ def test_a_running_local_server_is_recognised_and_its_database_checked(tmp_path,
         probed.append(url)
         return mongomock.MongoClient()
     with local.claim(config.local_dir, me):
-        findings = check.run(config, connect, None, lambda: check.local_database(config))
+        findings = list(check.each(config, connect, None, lambda: check.local_database(config)))
     assert probed == ["mongodb://127.0.0.1:27999"]
     assert [f.ok for f in findings] == [True, True, True], [f.line() for f in findings]
     running = "./server --use_local (pid 4242), serving http://127.0.0.1:%d" % config.port
