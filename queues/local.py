@@ -22,6 +22,7 @@ server, which hands its work back before stopping the database.
 import contextlib
 import dataclasses
 import fcntl
+import importlib.util
 import json
 import logging
 import os
@@ -326,6 +327,9 @@ def embedded(local_dir, me=Holder()):
     a second server on the same folder can point to this one, ``check`` can
     probe its database, and the next start can stop it if it outlives us.
     """
+    if importlib.util.find_spec("secantus") is None:  # requirements-service.txt, a production install, leaves it out
+        raise LocalDatabaseError("local mode's embedded database (SecantusDB) is not installed: run pip install -r "
+                                 "requirements.txt, or point MONGO_URL at a MongoDB")
     data_dir = os.path.join(local_dir, "db")
     with claim(local_dir, me) as held:
         take_over(held.previous, data_dir)

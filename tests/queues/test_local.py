@@ -174,6 +174,15 @@ def test_a_lock_written_by_an_earlier_version_is_read_as_an_address(tmp_path):
     assert Holder.parse(json.dumps({"pid": 3, "future_field": 1})) == Holder(pid=3)
 
 
+def test_a_production_install_without_secantus_says_what_to_install(tmp_path, monkeypatch):
+    real = local.importlib.util.find_spec
+    monkeypatch.setattr(local.importlib.util, "find_spec", lambda name: None if name == "secantus" else real(name))
+    with pytest.raises(local.LocalDatabaseError, match="not installed: run pip install -r requirements.txt, or point "
+                                                       "MONGO_URL at a MongoDB"):
+        with local.embedded(str(tmp_path / "local")):
+            pytest.fail("started without SecantusDB")
+
+
 def test_a_second_embedded_database_on_a_claimed_folder_never_starts(tmp_path, monkeypatch):
     monkeypatch.setattr(local, "start_secantus", lambda *a, **k: pytest.fail("started a second database"))
     folder = str(tmp_path / "local")
