@@ -337,6 +337,7 @@ def embedded(local_dir, me=Holder()):
         url = "mongodb://127.0.0.1:%d" % port
         log_path = os.path.join(local_dir, "secantus.log")
         offset = os.path.getsize(log_path) if os.path.exists(log_path) else 0
+        log.info("starting the embedded database (SecantusDB) on 127.0.0.1:%d, data in %s", port, data_dir)
         process = start_secantus(data_dir, port, log_path)
         starter = os.getpid()
         try:

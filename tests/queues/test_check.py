@@ -229,3 +229,21 @@ def test_report_counts_every_problem(production):
     assert check.report(findings, out) == 1
     assert out.getvalue().splitlines() == ["FAIL  configuration: A is wrong", "FAIL  configuration: B is wrong",
                                            "not ready: 2 problems"]
+
+
+def test_a_database_nobody_recorded_on_the_folder_is_named_with_its_kill(tmp_path, nothing_on_27017, monkeypatch):
+    config = local_config(tmp_path)
+    monkeypatch.setattr(local, "databases_on", lambda data_dir: [31337])
+    finding = check.local_database(config)
+    assert not finding.ok and "SecantusDB (pid 31337)" in finding.problem and "kill 31337" in finding.problem
+
+
+def test_a_database_a_killed_server_left_is_what_a_start_would_stop(tmp_path, nothing_on_27017, monkeypatch):
+    config = local_config(tmp_path)
+    with local.claim(config.local_dir, Holder(command="./server --use_local", pid=4242, database_pid=31337)):
+        pass  # the server was killed: its record stays, its lock is gone
+    monkeypatch.setattr(local, "databases_on", lambda data_dir: [31337])
+    monkeypatch.setattr(local, "is_database_of", lambda pid, data_dir: pid == 31337)
+    finding = check.local_database(config)
+    assert finding.ok and finding.what.endswith("after stopping SecantusDB pid 31337, which a killed ./server "
+                                                "--use_local left running")
