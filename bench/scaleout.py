@@ -55,7 +55,7 @@ def add_arguments(parser):
     parser.add_argument("--rows", type=int, default=45000, help="tournament rows (n)")
     parser.add_argument("--users", type=int, default=300,
                         help="submissions in the round, one per user (the round benchmark's 1,000 takes long "
-                             "three times over: see README)")
+                             "three times over: see docs/performance.md)")
     parser.add_argument("--servers", default="1,2,3", help="comma-separated numbers of servers to run the round through")
     parser.add_argument("--train-rows", type=int, default=50000)
     parser.add_argument("--features", type=int, default=21)

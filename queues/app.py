@@ -78,22 +78,48 @@ def error(status, message, **headers):
     return response
 
 
+def body_bytes():
+    """The request body, or 413 when it is over MAX_BODY_BYTES, however it was sent.
+
+    Werkzeug refuses a Content-Length over the limit, but a chunked body has
+    none: it is cut at the limit, and the cut JSON read as a bad body (400).
+    One more byte from the server's stream tells the two apart.
+    """
+    raw = request.get_data(cache=True)
+    if request.content_length is None and len(raw) >= MAX_BODY_BYTES and request.environ["wsgi.input"].read(1):
+        raise RequestEntityTooLarge()
+    return raw
+
+
 def read_body():
     """The request fields: a JSON object whatever the Content-Type says, else form fields.
 
     The 2017 README taught ``curl -X POST -d '{...}'``, and curl's ``-d``
     labels that JSON as a form; the body, not its label, says what it is.
+    A body that starts like JSON (``{`` or ``[``) is JSON, so a typo in it
+    is named (400) instead of read as a form without a key (401).
     """
-    raw = request.get_data(cache=True)  # cached: a form is parsed from the same bytes
+    raw = body_bytes()  # cached: a form is parsed from the same bytes
     try:
         body = json.loads(raw)
-    except (ValueError, RecursionError):  # RecursionError: deeply nested arrays
+    except RecursionError:  # deeply nested arrays
         body = None
+    except ValueError as exc:
+        body = None
+        if raw.lstrip()[:1] in (b"{", b"["):
+            raise Refused(400, "the body is not valid JSON: %s" % json_error(exc)) from None
     if isinstance(body, dict):
         return body
     if request.mimetype in FORM_TYPES:
         return request.form.to_dict()
     raise Refused(400, "the body must be a JSON object (or form fields) with submission_id and api_key")
+
+
+def json_error(exc):
+    """What is wrong with the JSON and where (line, column), without quoting it: it may hold the key."""
+    if isinstance(exc, json.JSONDecodeError):
+        return "%s at line %d, column %d (character %d)" % (exc.msg, exc.lineno, exc.colno, exc.pos + 1)
+    return "it is not UTF-8 text"
 
 
 def check_key(given, expected, where, local=False):
@@ -120,7 +146,7 @@ def check_user(body):
         raise Refused(400, "user and user_id name different users; send one of them")
     if user is not None and not isinstance(user, str):
         raise Refused(400, "user_id (or user), when given, must be a string")
-    return user
+    return user or None  # an empty form field names nobody
 
 
 def check_round(value):
@@ -134,6 +160,13 @@ def check_round(value):
     if isinstance(value, str) and re.fullmatch(r"[0-9]{1,9}", value.strip()):
         return int(value)
     raise Refused(400, "competition_id, when given, must be a round number such as 41")
+
+
+def check_owner(doc, submission_id, user):
+    """400 when the request names another user than the submission's owner (as for its round)."""
+    owner = doc.get("username")
+    if owner is not None and owner != user:
+        raise Refused(400, "submission %s belongs to %s, not %s" % (submission_id, owner, user[:100]))
 
 
 def check_same_round(doc, submission_id, competition_id):
@@ -268,11 +301,13 @@ def rescore_body():
     An unknown name is refused rather than ignored: a typo of ``only``
     would otherwise re-score the whole round.
     """
-    if not request.get_data(cache=True).strip():
+    if not body_bytes().strip():
         return {}
     try:
         body = read_body()
-    except Refused:
+    except Refused as exc:
+        if exc.message.startswith("the body is not valid JSON"):  # already says what and where
+            raise
         raise Refused(400, "the body must be empty or a JSON object with any of: %s" % ", ".join(RESCORE_FIELDS)) from None
     unknown = sorted(str(name) for name in body if name not in RESCORE_FIELDS)
     if unknown:
@@ -357,13 +392,16 @@ def create_app(store, pipeline, config, supervisor, metrics, rounds=None, rescor
         check_key(request.headers.get("X-API-Key") if given is None else given, config.api_key,
                   KEY_IN_BODY, config.local)
         submission_id = check_id(body.get("submission_id"))
-        check_user(body)
+        user = check_user(body)
         competition_id = check_round(body.get("competition_id"))
-        if competition_id is not None:  # only then is the document read first
+        if competition_id is not None or user is not None:  # only then is the document read first
             doc = store.get(submission_id)
             if doc is None:
                 raise Refused(404, "no submission with id %s" % submission_id)
-            check_same_round(doc, submission_id, competition_id)
+            if user is not None:
+                check_owner(doc, submission_id, user)
+            if competition_id is not None:
+                check_same_round(doc, submission_id, competition_id)
         # A repeat of a submission this process already holds needs no round trip:
         # the request that queued it recorded that durably, and a worker forgets
         # an id only after its final write.

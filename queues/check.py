@@ -10,12 +10,15 @@ The same database probe runs when ``./server`` starts: a database that
 rejects the server's credentials or rights will not start accepting
 them later, so the server refuses to start; one that does not answer
 may come back, so the server starts and answers 503 meanwhile.
+
+botocore and gunicorn (for the server's own listen check) are imported
+where they are used, so that a local check and the start-up probe do not
+wait for them.
 """
 import dataclasses
 import os
 import re
 
-import botocore.exceptions
 import pymongo.errors
 
 from queues import local
@@ -87,6 +90,7 @@ def connect_and_probe(connect, url, name):
 
 def bucket(client, name, variable):
     """List at most one key of the bucket: it exists and the keys may read it."""
+    import botocore.exceptions
     what = "%s=%s (list)" % (variable, name)
     try:
         client.list_objects_v2(Bucket=name, MaxKeys=1)
@@ -113,53 +117,101 @@ def folder(path):
     return Finding(what)
 
 
+def listening(config, running=None):
+    """The configuration line, with the server's own listen check: an address it would refuse is a problem.
+
+    ``running`` (a local.Holder) is the local server holding this folder:
+    when it serves the configured address, that address is its, not a fault.
+    """
+    from queues import serve
+    mode = "local" if config.local else "production"
+    address = "%s:%d" % (config.host, config.port)
+    if running is not None and running.server == "http://" + address:
+        return Finding("configuration (%s mode, %s, served by the running %s)" % (mode, address, running.who()))
+    what = "configuration (%s mode, would listen on %s)" % (mode, address)
+    try:
+        serve.check_listening(config.host, config.port)
+    except serve.CannotListen as exc:
+        return Finding(what, str(exc))
+    return Finding(what)
+
+
+@dataclasses.dataclass
+class Running:
+    """The database of the local server that holds the folder: check that one, and say so."""
+
+    holder: local.Holder
+
+
 def local_database(config):
-    """For local mode: the database URL to probe, or a Finding about the embedded one it would start."""
+    """For local mode: the database URL to probe, a Running server's, or a Finding about the one it would start."""
     if config.mongo_url:
         return config.mongo_url
+    running = local.holder(config.local_dir)
+    if running is not None:
+        if running.database:
+            return Running(running)
+        return Finding("database of the running %s" % running.describe(),
+                       "it has not recorded a database (still starting, or it uses MONGO_URL or localhost:27017): "
+                       "check again once it answers")
     if local.answers(local.DEFAULT_LOCAL_URL):
         return local.DEFAULT_LOCAL_URL
-    what = "embedded database (SecantusDB), started in %s" % os.path.join(config.local_dir, "db")
-    try:
-        with local.claim(config.local_dir):  # free now: a server started next would get it
-            return Finding(what)
-    except local.LocalDatabaseError as exc:
-        return Finding(what, str(exc), misconfigured=True)
+    data_dir = os.path.join(config.local_dir, "db")
+    what = "embedded database (SecantusDB), would be started in %s" % data_dir
+    left = local.recorded(config.local_dir).database_pid
+    strangers = [pid for pid in local.databases_on(data_dir) if pid != left]
+    if strangers:
+        pids = " ".join(map(str, strangers))
+        return Finding(what, "SecantusDB (pid %s), which no running ./server --use_local started, has the folder open: "
+                             "stop it (kill %s), or use another --local-dir" % (pids, pids))
+    if left and local.is_database_of(left, data_dir):
+        what += " after stopping SecantusDB pid %d, which a killed ./server --use_local left running" % left
+    return Finding(what)
 
 
-def run(config, connect, s3_client, local_database=local_database):
-    """Every finding for ``config``.
+def probe_local(choice, connect, name):
+    """The finding for what :func:`local_database` chose."""
+    if isinstance(choice, Finding):
+        return choice
+    if isinstance(choice, Running):
+        finding = connect_and_probe(connect, choice.holder.database, name)
+        finding.what = "database of the running %s: %s" % (choice.holder.describe(), finding.what)
+        return finding
+    return connect_and_probe(connect, choice, name)
+
+
+def each(config, connect, s3_client, local_database=local_database):
+    """Yield each finding for ``config`` as soon as it is known, so the report's lines come one by one.
 
     ``connect(url)`` makes a MongoClient; ``s3_client()`` an S3 client
     (production); ``local_database()`` says which database local mode
-    would use: a URL to probe, or a Finding when it would start its own.
+    would use: a URL to probe, a Running server's, or a Finding when it
+    would start its own.
     """
-    findings = [Finding("configuration (%s mode, would listen on %s:%d)"
-                        % ("local" if config.local else "production", config.host, config.port))]
+    yield listening(config, local.holder(config.local_dir) if config.local else None)
     if config.local:
-        findings.append(folder(config.local_dir))
-        choice = local_database()
-        if isinstance(choice, Finding):
-            findings.append(choice)
-        else:
-            findings.append(connect_and_probe(connect, choice, config.mongo_db_name))
-        return findings
-    findings.append(connect_and_probe(connect, config.mongo_url, config.mongo_db_name))
+        yield folder(config.local_dir)
+        yield probe_local(local_database(), connect, config.mongo_db_name)
+        return
+    yield connect_and_probe(connect, config.mongo_url, config.mongo_db_name)
+    import botocore.exceptions
     try:
         client = s3_client()
     except (botocore.exceptions.BotoCoreError, ValueError) as exc:
-        findings.append(Finding("S3 client", "cannot be made: %s" % exc, misconfigured=True))
-        return findings
-    findings.append(bucket(client, config.upload_bucket, "S3_UPLOAD_BUCKET"))
-    findings.append(bucket(client, config.dataset_bucket, "S3_DATASET_BUCKET"))
-    return findings
+        yield Finding("S3 client", "cannot be made: %s" % exc, misconfigured=True)
+        return
+    yield bucket(client, config.upload_bucket, "S3_UPLOAD_BUCKET")
+    yield bucket(client, config.dataset_bucket, "S3_DATASET_BUCKET")
 
 
 def report(findings, out):
-    """Print one line per finding and a verdict; returns the exit status (0: ready)."""
+    """Print one line per finding as it comes, then a verdict; returns the exit status (0: ready)."""
+    problems = []
     for finding in findings:
         out.write(finding.line() + "\n")
-    problems = [finding for finding in findings if not finding.ok]
+        out.flush()
+        if not finding.ok:
+            problems.append(finding)
     if problems:
         out.write("not ready: %d problem%s\n" % (len(problems), "" if len(problems) == 1 else "s"))
         return 1

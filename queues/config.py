@@ -3,7 +3,7 @@ import dataclasses
 import math
 import os
 
-from scoring.rules import Rules
+from scoring.rules import Rules, RuleSettingsError
 
 #: The development key from the 2017 README; accepted in local mode only.
 LOCAL_API_KEY = "h/52y/E7cm8Ih4F3cVdlBM4ZQxER+Apk6P0L7yR0lFU="
@@ -12,8 +12,41 @@ REQUIRED = ("MONGO_URL", "MONGO_DB_NAME", "S3_UPLOAD_BUCKET", "S3_DATASET_BUCKET
             "S3_ACCESS_KEY", "S3_SECRET_KEY", "API_KEY")
 
 
+#: Every variable the server reads, in the order env.sh.example lists them: problems are reported in
+#: this order, so the list an operator works through matches the file they edit (RULE_* come last).
+ORDER = REQUIRED + ("PORT", "HOST", "S3_ENDPOINT_URL", "CACHE_DIR", "ORIGINALITY_THREADS", "HTTP_THREADS",
+                    "MONGO_TIMEOUT_MS", "STOP_TIMEOUT", "RECOVERY_INTERVAL", "LEASE_SECONDS", "WEB_CONCURRENCY",
+                    "LATE_FILE_SECONDS", "ROUND_IDLE_SECONDS", "ROUND_MEMORY_MB", "SERVER_NAME", "LOG_LEVEL")
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+
+
 class ConfigError(Exception):
-    """The environment does not describe a server that can run."""
+    """The environment does not describe a server that can run.
+
+    ``problems`` lists every one found, one sentence each, in the order of
+    env.sh.example, so an operator fixes them all in one pass.
+    """
+
+    def __init__(self, problems):
+        self.problems = [problems] if isinstance(problems, str) else list(problems)
+        super().__init__("; ".join(self.problems))
+
+
+class Problems:
+    """Collects ``(variable, message)`` while the environment is read, to raise them all at once."""
+
+    def __init__(self):
+        self.found = []
+
+    def add(self, variable, message):
+        self.found.append((variable, message))
+
+    def raise_any(self):
+        """ConfigError with every problem, in ORDER (unknown names, i.e. RULE_*, last, by name)."""
+        if self.found:
+            rank = {name: number for number, name in enumerate(ORDER)}
+            ordered = sorted(self.found, key=lambda found: (rank.get(found[0], len(ORDER)), found[0]))
+            raise ConfigError([message for _, message in ordered])
 
 
 @dataclasses.dataclass(frozen=True)
@@ -47,8 +80,8 @@ class Config:
     rules: Rules = Rules()
 
 
-def _number(environ, name, default, kind=int, most=math.inf):
-    """An optional positive, finite number; ConfigError naming it when it is not one."""
+def _number(environ, problems, name, default, kind=int, most=math.inf):
+    """An optional positive, finite number; its default (and a problem naming it) when it is not one."""
     value = environ.get(name, "")
     if not value:
         return default
@@ -58,46 +91,47 @@ def _number(environ, name, default, kind=int, most=math.inf):
         parsed = -1
     if not (0 < parsed <= most and math.isfinite(parsed)):
         limit = "" if most == math.inf else " up to %s" % most
-        raise ConfigError("%s=%r must be a positive %s%s" % (name, value, "whole number" if kind is int else "number", limit))
+        problems.add(name, "%s=%r must be a positive %s%s" % (name, value, "whole number" if kind is int else "number", limit))
+        return default
     return parsed
 
 
-def _url(environ, name, schemes, example):
-    """An optional URL; ConfigError naming it when its scheme is not one of ``schemes``.
+def _url(environ, problems, name, schemes, example):
+    """An optional URL; a problem naming it when its scheme is not one of ``schemes``.
 
     The value is not echoed: a MongoDB URL may hold a password.
     """
     value = environ.get(name, "")
     if value and not value.startswith(schemes):
-        raise ConfigError("%s must start with %s (e.g. %s)" % (name, " or ".join(schemes), example))
+        problems.add(name, "%s must start with %s (e.g. %s)" % (name, " or ".join(schemes), example))
     return value
 
 
-def production(environ):
+def production(environ, problems):
     """Production settings; every variable in REQUIRED must be set and non-empty."""
-    missing = [name for name in REQUIRED if not environ.get(name)]
-    if missing:
-        raise ConfigError("missing required environment variable(s): %s (see env.sh.example)" % ", ".join(missing))
-    _url(environ, "MONGO_URL", ("mongodb://", "mongodb+srv://"), "mongodb://user:password@db.internal:27017")
-    _url(environ, "S3_ENDPOINT_URL", ("http://", "https://"), "http://127.0.0.1:9000")
+    for name in REQUIRED:
+        if not environ.get(name):
+            problems.add(name, "%s is required and %s (see env.sh.example)" % (name, "empty" if name in environ else "not set"))
+    _url(environ, problems, "MONGO_URL", ("mongodb://", "mongodb+srv://"), "mongodb://user:password@db.internal:27017")
+    _url(environ, problems, "S3_ENDPOINT_URL", ("http://", "https://"), "http://127.0.0.1:9000")
     return dict(
-        api_key=environ["API_KEY"],
-        mongo_url=environ["MONGO_URL"],
-        mongo_db_name=environ["MONGO_DB_NAME"],
-        upload_bucket=environ["S3_UPLOAD_BUCKET"],
-        dataset_bucket=environ["S3_DATASET_BUCKET"],
-        s3_access_key=environ["S3_ACCESS_KEY"],
-        s3_secret_key=environ["S3_SECRET_KEY"],
+        api_key=environ.get("API_KEY", ""),
+        mongo_url=environ.get("MONGO_URL", ""),
+        mongo_db_name=environ.get("MONGO_DB_NAME", ""),
+        upload_bucket=environ.get("S3_UPLOAD_BUCKET", ""),
+        dataset_bucket=environ.get("S3_DATASET_BUCKET", ""),
+        s3_access_key=environ.get("S3_ACCESS_KEY", ""),
+        s3_secret_key=environ.get("S3_SECRET_KEY", ""),
         s3_endpoint_url=environ.get("S3_ENDPOINT_URL", ""),
         cache_dir=environ.get("CACHE_DIR", "") or os.path.join(os.path.expanduser("~"), ".cache", "submission-criteria"),
     )
 
 
-def local(environ, local_dir):
+def local(environ, problems, local_dir):
     """Local settings: only MONGO_URL and API_KEY are read, both optional."""
     return dict(
         api_key=environ.get("API_KEY") or LOCAL_API_KEY,
-        mongo_url=_url(environ, "MONGO_URL", ("mongodb://", "mongodb+srv://"), "mongodb://127.0.0.1:27017"),
+        mongo_url=_url(environ, problems, "MONGO_URL", ("mongodb://", "mongodb+srv://"), "mongodb://127.0.0.1:27017"),
         mongo_db_name=environ.get("MONGO_DB_NAME", "numerai-dev"),
         upload_bucket="uploads",
         dataset_bucket="datasets",
@@ -106,32 +140,46 @@ def local(environ, local_dir):
     )
 
 
+def check_log_level(environ, problems):
+    """LOG_LEVEL is applied by ``server`` before the configuration is read; checked here so that
+    ``./server check`` lists a wrong one with every other problem."""
+    level = environ.get("LOG_LEVEL", "")
+    if level and level.upper() not in LOG_LEVELS:
+        problems.add("LOG_LEVEL", "LOG_LEVEL=%r is not one of %s" % (level, ", ".join(LOG_LEVELS)))
+
+
 def from_env(environ=None, use_local=False, local_dir="local"):
-    """Build a :class:`Config`, raising ConfigError with an actionable message."""
+    """Build a :class:`Config`, raising ConfigError that lists every problem, each actionable."""
     environ = os.environ if environ is None else environ
-    values = local(environ, local_dir) if use_local else production(environ)
+    problems = Problems()
+    values = local(environ, problems, local_dir) if use_local else production(environ, problems)
     try:
         rules = Rules.from_env(environ)
-    except ValueError as exc:
-        raise ConfigError(str(exc)) from None
+    except RuleSettingsError as exc:
+        rules = Rules()
+        for variable, message in exc.problems:
+            problems.add(variable, message)
     config = Config(
         local=use_local,
-        port=_number(environ, "PORT", DEFAULT_PORT, most=65535),
+        port=_number(environ, problems, "PORT", DEFAULT_PORT, most=65535),
         host=environ.get("HOST", "127.0.0.1" if use_local else "0.0.0.0"),
-        originality_threads=_number(environ, "ORIGINALITY_THREADS", 2),
-        http_threads=_number(environ, "HTTP_THREADS", 16),
-        workers=_number(environ, "WEB_CONCURRENCY", 1, most=64),
-        mongo_timeout_ms=_number(environ, "MONGO_TIMEOUT_MS", 3000),
-        stop_timeout=_number(environ, "STOP_TIMEOUT", 15.0, float),
-        recovery_interval=_number(environ, "RECOVERY_INTERVAL", 10.0, float),
-        lease_seconds=_number(environ, "LEASE_SECONDS", 30.0, float),
+        originality_threads=_number(environ, problems, "ORIGINALITY_THREADS", 2),
+        http_threads=_number(environ, problems, "HTTP_THREADS", 16),
+        workers=_number(environ, problems, "WEB_CONCURRENCY", 1, most=64),
+        mongo_timeout_ms=_number(environ, problems, "MONGO_TIMEOUT_MS", 3000),
+        stop_timeout=_number(environ, problems, "STOP_TIMEOUT", 15.0, float),
+        recovery_interval=_number(environ, problems, "RECOVERY_INTERVAL", 10.0, float),
+        lease_seconds=_number(environ, problems, "LEASE_SECONDS", 30.0, float),
         server_name=environ.get("SERVER_NAME", ""),
-        late_file_seconds=_number(environ, "LATE_FILE_SECONDS", 300.0, float),
-        round_idle_seconds=_number(environ, "ROUND_IDLE_SECONDS", 3600.0, float),
-        round_memory_mb=_number(environ, "ROUND_MEMORY_MB", 1024),
+        late_file_seconds=_number(environ, problems, "LATE_FILE_SECONDS", 300.0, float),
+        round_idle_seconds=_number(environ, problems, "ROUND_IDLE_SECONDS", 3600.0, float),
+        round_memory_mb=_number(environ, problems, "ROUND_MEMORY_MB", 1024),
         rules=rules,
         **values,
     )
+    check_log_level(environ, problems)
     if config.lease_seconds < 1:
-        raise ConfigError("LEASE_SECONDS=%r must be at least 1 (a lease is extended every third of it)" % config.lease_seconds)
+        problems.add("LEASE_SECONDS", "LEASE_SECONDS=%r must be at least 1 (a lease is extended every third of it)"
+                     % config.lease_seconds)
+    problems.raise_any()
     return config

@@ -7,12 +7,17 @@ function. The pipeline starts stopping as soon as the worker is told to
 stop (SIGTERM), so requests waiting in ``?wait=`` are answered at once
 while gunicorn lets the requests in progress finish; the worker waits for
 that stop as it exits. SIGINT is handled like SIGTERM: a graceful stop.
+A second interrupt (Ctrl-C again, or the arbiter's SIGQUIT after one)
+ends the worker at once with one line, leaving its work to recovery.
 """
 import errno
 import logging
+import os
 import signal
 import socket
+import sys
 import threading
+import time
 
 from gunicorn.app.base import BaseApplication
 from gunicorn.arbiter import Arbiter
@@ -57,6 +62,12 @@ class GracefulArbiter(Arbiter):
         self.handle_term()
 
 
+#: Written (not logged: a signal handler must not wait for logging's lock) when a second interrupt ends a stop.
+STOPPED_AT_ONCE = ("%s WARNING MainThread queues.serve: interrupted again while stopping: stopping at once; work in "
+                   "progress stays unfinished and its leases go to recovery (a restart on this port takes them back "
+                   "at once, any other server once they expire)\n")
+
+
 class Service(BaseApplication):
     """A gunicorn application whose worker builds and owns the whole service."""
 
@@ -64,6 +75,7 @@ class Service(BaseApplication):
         self.build = build
         self.options = options
         self._asked = threading.Event()
+        self._interrupted = False
         self._stopping = None
         super().__init__()
 
@@ -89,8 +101,28 @@ class Service(BaseApplication):
             self._asked.set()
             if callable(previous):
                 previous(signum, frame)
+
+        def on_interrupt(signum, frame):
+            """The first Ctrl-C stops gracefully, like SIGTERM; another one (or SIGQUIT) stops now."""
+            if signum == signal.SIGQUIT or self._interrupted:
+                self.stop_at_once()
+            self._interrupted = True
+            on_term(signum, frame)
         signal.signal(signal.SIGTERM, on_term)
+        signal.signal(signal.SIGINT, on_interrupt)
+        signal.signal(signal.SIGQUIT, on_interrupt)
         return app
+
+    def stop_at_once(self):
+        """One line, then exit without the interpreter's clean-up.
+
+        The clean-up would join threads still waiting on the database or a
+        request; interrupted there, it printed "Exception ignored in atexit"
+        tracebacks. Nothing is lost: every piece of work is a lease in the
+        database, which recovery takes back.
+        """
+        os.write(sys.stderr.fileno(), (STOPPED_AT_ONCE % time.strftime("%Y-%m-%d %H:%M:%S")).encode())
+        os._exit(0)
 
     def _stop_when_asked(self, stop):
         self._asked.wait()

@@ -230,13 +230,14 @@ class Store:
         """Give leases up now (shutting down, or giving up for a while): anyone may claim them.
 
         An intake's token is shared by the batch it accepted, so giving up
-        one submission names its ``oid`` too.
+        one submission names its ``oid`` too. Returns how many were released.
         """
-        if tokens:
-            held = {"processing.lease.token": {"$in": list(tokens)}}
-            if oid is not None:
-                held["_id"] = oid
-            self.submissions.update_many(held, {"$set": {"processing.lease.expires": utcnow()}})
+        if not tokens:
+            return 0
+        held = {"processing.lease.token": {"$in": list(tokens)}}
+        if oid is not None:
+            held["_id"] = oid
+        return self.submissions.update_many(held, {"$set": {"processing.lease.expires": utcnow()}}).modified_count
 
     def claimable(self, limit, owners=(), within=None):
         """Ids of active submissions nobody holds (or held by ``owners``), oldest first.

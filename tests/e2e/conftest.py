@@ -50,6 +50,15 @@ SERVER_VARIABLES = ("MONGO_URL", "MONGO_DB_NAME", "S3_UPLOAD_BUCKET", "S3_DATASE
                     "SERVER_NAME", "LEASE_SECONDS")
 
 
+def pytest_collection_modifyitems(items):
+    """Every end-to-end test starts real servers: mark them all ``slow``, so that
+    ``python -m pytest -m "not slow"`` is the quick subset."""
+    here = Path(__file__).parent
+    for item in items:
+        if here in Path(str(item.fspath)).parents:
+            item.add_marker(pytest.mark.slow)
+
+
 # -- small utilities ------------------------------------------------------------
 def free_port():
     """A loopback port nothing listens on right now (bound to port 0, then released)."""

@@ -1,5 +1,8 @@
-"""What an operator runs and sees: ./server check, a database that rejects the server, two local servers."""
+"""What an operator runs and sees: ./server check, a database that rejects the server, local servers
+started twice or killed, and stops interrupted."""
 import os
+import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -7,6 +10,8 @@ import time
 
 import pytest
 import requests
+
+from queues import local
 
 from .conftest import (HOST, REPO, SERVER, SERVER_VARIABLES, Database, Predictor, end_process_group, free_port,
                        listening, load_round, make_round, server_env, tail, wait_for)
@@ -83,31 +88,155 @@ def test_the_right_credentials_start(storage, guarded, tmp_path, start_server):
     server.stop()
 
 
-def test_a_second_local_server_on_the_same_folder_is_one_line_without_traceback(tmp_path):
-    env = {key: value for key, value in os.environ.items() if key not in SERVER_VARIABLES}
+def local_env():
+    env = {key: value for key, value in os.environ.items() if key not in SERVER_VARIABLES and not key.startswith("RULE_")}
     env["PYTHONUNBUFFERED"] = "1"
-    folder = str(tmp_path / "local")
-    first_port = free_port()
-    log_path = tmp_path / "first.log"
+    return env
+
+
+def start_local(folder, port, log_path):
+    """``./server --use_local`` on its own folder and port, in its own session; returns once /health answers 200."""
     with open(log_path, "ab") as log_file:
-        first = subprocess.Popen([sys.executable, str(SERVER), "--use_local", "--local-dir", folder,
-                                  "--port", str(first_port)], env=env, cwd=str(REPO), stdout=log_file,
-                                 stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
+        process = subprocess.Popen([sys.executable, str(SERVER), "--use_local", "--local-dir", folder, "--port", str(port)],
+                                   env=local_env(), cwd=str(REPO), stdout=log_file, stderr=subprocess.STDOUT,
+                                   stdin=subprocess.DEVNULL, start_new_session=True)
+
+    def healthy():
+        assert process.poll() is None, "the local server exited with %s\n%s" % (process.returncode, tail(log_path))
+        try:
+            return requests.get("http://%s:%d/health" % (HOST, port), timeout=2).status_code == 200
+        except requests.RequestException:
+            return False
+    wait_for(healthy, 120, "the local server on port %d" % port, lambda: tail(log_path))
+    return process
+
+
+def ended(pid):
+    """True once ``pid`` has ended (a zombie has ended)."""
+    return local.command_line(pid) is None
+
+
+def group_gone(pgid):
+    """True once no live process is left in the process group ``pgid`` (zombies have ended)."""
+    for name in os.listdir("/proc"):
+        try:
+            with open("/proc/%s/stat" % name, "rb") as stat:
+                fields = stat.read().rsplit(b")", 1)[-1].split()
+        except (OSError, ValueError):
+            continue
+        if name.isdigit() and fields[0] != b"Z" and int(fields[2]) == pgid:
+            return False
+    return True
+
+
+@pytest.fixture
+def local_server(tmp_path):
+    """One ./server --use_local on a folder of its own: (process, folder, port, log path)."""
+    folder, port, log_path = str(tmp_path / "local"), free_port(), tmp_path / "first.log"
+    first = start_local(folder, port, log_path)
     try:
-        def healthy():
-            assert first.poll() is None, tail(log_path)
-            try:
-                return requests.get("http://%s:%d/health" % (HOST, first_port), timeout=2).status_code == 200
-            except requests.RequestException:
-                return False
-        wait_for(healthy, 120, "the first local server", lambda: tail(log_path))
-        code, out, err = run(["--use_local", "--local-dir", folder, "--port", str(free_port())], env)
-        assert code == 1, out + err
-        assert "Traceback" not in err
-        (line,) = [line for line in err.splitlines() if "ERROR" in line]
-        assert "in use" in line and "http://127.0.0.1:%d" % first_port in line and "--local-dir" in line
+        yield first, folder, port, log_path
     finally:
         end_process_group(first)
+
+
+@pytest.mark.parametrize("same_port", [True, False], ids=["the-same-command", "another-port"])
+def test_a_second_local_server_on_the_same_folder_is_one_line_without_traceback(local_server, same_port):
+    """The README's promise: the folder's holder and its address, exit 1 (the same command said "port in use", 2)."""
+    first, folder, first_port, _ = local_server
+    port = first_port if same_port else free_port()
+    code, out, err = run(["--use_local", "--local-dir", folder, "--port", str(port)], local_env())
+    assert code == 1, out + err
+    assert "Traceback" not in err
+    (line,) = [line for line in err.splitlines() if "ERROR" in line]
+    assert "the local folder %s is in use by another ./server --use_local (pid %d), serving http://127.0.0.1:%d" % (
+        folder, first.pid, first_port) in line and "--local-dir" in line, line
+
+
+def test_check_recognises_the_running_local_server_and_checks_its_database(local_server):
+    """It said "FAIL embedded database ..., started in ..." about a database it had not started."""
+    first, folder, port, _ = local_server
+    database = local.recorded(folder).database
+    code, out, err = run(["--use_local", "--local-dir", folder, "--port", str(port), "check"], local_env())
+    assert code == 0, out + err
+    lines = out.splitlines()
+    assert lines[0] == "ok    configuration (local mode, 127.0.0.1:%d, served by the running ./server --use_local " \
+                       "(pid %d))" % (port, first.pid)
+    assert lines[2].startswith("ok    database of the running ./server --use_local (pid %d), serving "
+                               "http://127.0.0.1:%d: MongoDB %s" % (first.pid, port, database)), lines
+    assert lines[-1] == "ready"
+
+
+def test_a_killed_local_server_takes_its_database_with_it(local_server, tmp_path):
+    """kill -9 left SecantusDB running for ever, and the next start was refused naming neither it nor a fix."""
+    first, folder, port, log_path = local_server
+    database_pid = local.recorded(folder).database_pid
+    assert local.is_database_of(database_pid, os.path.join(folder, "db"))
+    os.kill(first.pid, signal.SIGKILL)  # the server alone, as kill -9 <pid> does: not its process group
+    first.wait(30)
+    wait_for(lambda: ended(database_pid), 30, "the database (pid %d) to end with its server" % database_pid,
+             lambda: tail(os.path.join(folder, "secantus.log")))
+    # gunicorn's worker notices its arbiter is gone within a second or so, and lets the port go as it exits
+    wait_for(lambda: group_gone(first.pid), 30, "the killed server's worker to exit", lambda: tail(log_path))
+    again = start_local(folder, port, tmp_path / "again.log")  # the same command starts at once
+    try:
+        assert "in use" not in (tmp_path / "again.log").read_text()
+    finally:
+        end_process_group(again)
+
+
+class SilentS3:
+    """A TCP listener that accepts and never answers: a request to it holds its thread until the test ends."""
+
+    def __init__(self):
+        self.listener = socket.socket()
+        self.listener.bind((HOST, 0))
+        self.listener.listen()
+        self.url = "http://%s:%d" % (HOST, self.listener.getsockname()[1])
+        self.reached = threading.Event()
+        self.held = []
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self):
+        while True:
+            try:
+                connection, _ = self.listener.accept()
+            except OSError:
+                return
+            self.held.append(connection)
+            self.reached.set()
+
+    def close(self):
+        for connection in self.held + [self.listener]:
+            connection.close()
+
+
+def test_a_second_interrupt_during_a_stop_exits_at_once_in_one_line(storage, start_server):
+    """A second Ctrl-C while a stop waited printed "Exception ignored in atexit" tracebacks.
+
+    The stop is held by a judgement waiting on an S3 that never answers: the second
+    interrupt certainly arrives while the stop is in progress.
+    """
+    rnd = make_round(107, 13)
+    sub = rnd.add("vera", Predictor(rnd, 13).model())
+    storage.db.submissions.insert_one(sub.document())
+    silent = SilentS3()
+    try:
+        server = start_server(S3_ENDPOINT_URL=silent.url, STOP_TIMEOUT="60")
+        assert server.post(sub.submission_id).status_code == 202
+        assert silent.reached.wait(30), "the dispatcher never asked S3 for the file\n" + server.tail()
+        server.process.send_signal(signal.SIGINT)
+        wait_for(lambda: "stopping the pipeline" in server.log_text(), 30, "the stop to begin", server.tail)
+        assert server.process.poll() is None  # the stop waits for the judgement (up to STOP_TIMEOUT, 60 s)
+        server.process.send_signal(signal.SIGINT)
+        code = server.process.wait(20)
+        log_text = server.log_text()
+        assert code == 0, server.tail()
+        assert "Traceback" not in log_text and "Exception ignored" not in log_text, server.tail()
+        assert len([line for line in log_text.splitlines() if "interrupted again while stopping" in line]) == 1, \
+            server.tail()
+    finally:
+        silent.close()
 
 
 def test_sigterm_answers_a_waiting_request_at_once(storage, start_server):

@@ -9,7 +9,7 @@ there and drawn, and that nothing failed to load (network events and
 the browser's console).
 
 ``SAVE_REPORT_SCREENSHOT=1`` also copies the screenshot to
-``docs/report.png``, the picture in the README.
+``docs/report.png``, the picture in docs/api.md.
 """
 import base64
 import json

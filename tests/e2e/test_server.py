@@ -142,6 +142,15 @@ def test_form_encoded_post_is_accepted(storage, start_server):
     other_round = requests.post(server.url + "/", json={"submission_id": sub.submission_id, "competition_id": 41,
                                                         "api_key": server.api_key}, timeout=30)
     assert other_round.status_code == 400 and "belongs to round 103" in other_round.json()["error"]
+    other_user = requests.post(server.url + "/", data={"submission_id": sub.submission_id, "user": "oscar",
+                                                       "api_key": server.api_key}, timeout=30)
+    assert other_user.status_code == 400
+    assert other_user.json()["error"] == "submission %s belongs to olga, not oscar" % sub.submission_id
+    # the 2017 curl form with a typo (no closing brace): what is wrong and where, not "an API key is required"
+    typo = requests.post(server.url + "/", data=body[:-1], headers={"Content-Type": "application/x-www-form-urlencoded"},
+                         timeout=30)
+    assert typo.status_code == 400 and typo.json()["error"].startswith("the body is not valid JSON: "), typo.text
+    assert "line 1, column %d" % len(body) in typo.json()["error"] and server.api_key not in typo.text
     server.stop()
 
 
@@ -187,6 +196,10 @@ def test_http_errors_and_monitoring(storage, start_server):
     big = {"submission_id": sub.submission_id, "api_key": server.api_key, "padding": "x" * (16 * 1024)}
     assert "16 KiB (16384 bytes) limit" in call("POST", data=json.dumps(big), headers={"Content-Type": "application/json"},
                                                  expect=413).json()["error"]
+    # the same body sent chunked (no Content-Length): 413 as well, not a 400 about the cut JSON
+    chunks = (json.dumps(big).encode()[start:start + 4096] for start in range(0, len(json.dumps(big)), 4096))
+    chunked = call("POST", data=chunks, headers={"Content-Type": "application/json"}, expect=413)
+    assert "16 KiB (16384 bytes) limit" in chunked.json()["error"]
     # none of the refused requests queued anything
     assert "processing" not in storage.db.submissions.find_one({"_id": sub.oid})
 

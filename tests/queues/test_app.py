@@ -1,4 +1,5 @@
 """The HTTP intake through Flask's test client, against mongomock."""
+import io
 import json
 import logging
 import queue
@@ -83,7 +84,6 @@ def test_the_key_is_never_logged_on_success(client, submit, model, caplog):
     ("[1, 2]", "application/json"),
     ('"just a string"', "application/json"),
     ("42", "application/json"),
-    ("{not json", "application/json"),
     ("", "application/json"),
     ("submission_id=abc", "text/plain"),
 ])
@@ -127,6 +127,63 @@ def test_oversized_bodies_are_413(client):
     response = client.post("/", data=body, content_type="application/json")
     assert response.status_code == 413
     assert "16 KiB (16384 bytes) limit" in response.get_json()["error"]
+
+
+def chunked(client, path, body, content_type="application/json"):
+    """A body sent chunked, as a WSGI server that decodes chunks (gunicorn) hands it over: no Content-Length."""
+    return client.post(path, input_stream=io.BytesIO(body), content_type=content_type,
+                       headers={"Transfer-Encoding": "chunked"}, environ_overrides={"wsgi.input_terminated": True})
+
+
+@pytest.fixture
+def rescoring(store, pipeline, config, supervisor, metrics):
+    """A client whose app re-scores (with a rescorer nothing reaches: the body is refused first)."""
+    return create_app(store, pipeline, config, supervisor, metrics, rescorer=object()).test_client()
+
+
+@pytest.mark.parametrize("path", ["/", "/rounds/41/rescore"])
+def test_a_chunked_body_over_the_limit_is_413_like_any_other(rescoring, path):
+    """It has no Content-Length: Werkzeug cut it at the limit and the cut JSON was answered 400."""
+    body = json.dumps({"submission_id": "5" * 24, "api_key": API_KEY, "pad": "x" * MAX_BODY_BYTES}).encode()
+    response = chunked(rescoring, path, body)
+    assert response.status_code == 413, response.get_json()
+    assert "16 KiB (16384 bytes) limit" in response.get_json()["error"]
+
+
+def test_a_chunked_body_of_exactly_the_limit_is_read_whole(client, submit, model, pipeline):
+    sid = submit("zuz", model(1))
+    body = json.dumps({"submission_id": sid, "api_key": API_KEY, "pad": ""}).encode()
+    body = body[:-2] + b" " * (MAX_BODY_BYTES - len(body)) + body[-2:]
+    assert len(body) == MAX_BODY_BYTES
+    assert chunked(client, "/", body).status_code == 202
+    assert chunked(client, "/", body[:-1000] + b"}").status_code in (202, 400)  # a short one is read as sent
+
+
+@pytest.mark.parametrize("content_type", ["application/x-www-form-urlencoded", "application/json", "text/plain", None])
+def test_a_json_typo_is_400_saying_what_and_where(client, submit, model, pipeline, content_type, caplog):
+    """The 2017 curl form with a typo (here a missing closing brace) was read as a form without a key: 401."""
+    sid = submit("zuz", model(1))
+    body = '{"submission_id": "%s", "api_key": "%s"' % (sid, API_KEY)
+    response = client.post("/", data=body, content_type=content_type)
+    assert response.status_code == 400, response.get_json()
+    message = response.get_json()["error"]
+    assert message == "the body is not valid JSON: Expecting ',' delimiter at line 1, column %d (character %d)" % (
+        len(body) + 1, len(body) + 1)
+    assert API_KEY not in response.get_data(as_text=True) and API_KEY not in caplog.text
+    assert pipeline.depth(DISPATCH) == 0
+
+
+@pytest.mark.parametrize("body, where", [('{"submission_id": "x",\n "api_key": \'k\'}', "line 2, column 13"),
+                                         ("[1, 2,]", "line 1, column 7"),
+                                         ('  {"a": 1} x', "line 1, column 12")])
+def test_the_json_error_names_its_line_and_column(client, body, where):
+    message = client.post("/", data=body, content_type="application/x-www-form-urlencoded").get_json()["error"]
+    assert message.startswith("the body is not valid JSON: ") and where in message, message
+
+
+def test_a_rescore_body_with_a_json_typo_says_so_too(rescoring):
+    response = rescoring.post("/rounds/41/rescore", data='{"dry_run": true', headers={"X-API-Key": API_KEY})
+    assert response.status_code == 400 and "not valid JSON" in response.get_json()["error"]
 
 
 class AwayStore:
@@ -342,10 +399,27 @@ def test_a_competition_id_with_an_unknown_submission_is_404(client):
     ({"user_id": "zuz", "user": "zuz"}, 202),
     ({"user_id": "zuz", "user": "bob"}, 400),
     ({"user": 7}, 400),
+    ({"user": ""}, 202),
 ])
 def test_user_is_another_name_for_user_id(client, submit, model, body, status):
     response = post(client, submission_id=submit("zuz", model(1)), api_key=API_KEY, **body)
     assert response.status_code == status, response.get_json()
+
+
+@pytest.mark.parametrize("field", ["user_id", "user"])
+def test_a_user_other_than_the_submissions_owner_is_400(client, submit, model, pipeline, store, field):
+    """Like competition_id: a request that names something is checked against the submission, not ignored."""
+    sid = submit("zuz", model(1))
+    response = post(client, submission_id=sid, api_key=API_KEY, **{field: "bob"})
+    assert response.status_code == 400
+    assert response.get_json()["error"] == "submission %s belongs to zuz, not bob" % sid
+    assert pipeline.depth(DISPATCH) == 0 and "processing" not in store.get(sid)
+    form = client.post("/", data={"submission_id": sid, "api_key": API_KEY, field: "bob", "competition_id": "41"})
+    assert form.status_code == 400 and "belongs to zuz, not bob" in form.get_json()["error"]
+
+
+def test_a_user_with_an_unknown_submission_is_404(client):
+    assert post(client, submission_id="5" * 24, api_key=API_KEY, user_id="zuz").status_code == 404
 
 
 def test_a_missing_key_says_where_it_goes(client, submit, model):

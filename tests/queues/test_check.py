@@ -8,8 +8,9 @@ import pymongo.errors
 import pytest
 from moto import mock_aws
 
-from queues import check
+from queues import check, local
 from queues.config import Config
+from queues.local import Holder, free_port
 
 UPLOADS, DATASETS = "uploads-check", "datasets-check"
 PASSWORD = "pw-in-the-url-5e1d"
@@ -29,7 +30,8 @@ def s3(monkeypatch):
 @pytest.fixture
 def production():
     return Config(api_key="k", mongo_url="mongodb://judge:%s@db.internal:27017/?authSource=admin" % PASSWORD,
-                  mongo_db_name="numerai", upload_bucket=UPLOADS, dataset_bucket=DATASETS)
+                  mongo_db_name="numerai", upload_bucket=UPLOADS, dataset_bucket=DATASETS, host="127.0.0.1",
+                  port=free_port())
 
 
 def healthy_mongo(url):
@@ -70,7 +72,7 @@ class Refusing:
 
 
 def run(config, connect, s3_client):
-    findings = check.run(config, connect, s3_client)
+    findings = list(check.each(config, connect, s3_client))
     out = io.StringIO()
     return findings, check.report(findings, out), out.getvalue()
 
@@ -148,22 +150,100 @@ def test_a_mongo_url_pymongo_refuses_is_named(production, s3):
     assert status == 1 and "MONGO_URL cannot be used" in text and findings[1].misconfigured
 
 
+def local_config(tmp_path, **fields):
+    return Config(api_key="k", local=True, local_dir=str(tmp_path / "local"), host="127.0.0.1", port=free_port(),
+                  **fields)
+
+
 def test_local_mode_checks_the_folder_and_the_database_it_would_use(tmp_path):
-    config = Config(api_key="k", local=True, local_dir=str(tmp_path / "local"))
-    findings = check.run(config, healthy_mongo, None, lambda: "mongodb://127.0.0.1:27017")
+    config = local_config(tmp_path)
+    findings = list(check.each(config, healthy_mongo, None, lambda: "mongodb://127.0.0.1:27017"))
     assert [f.ok for f in findings] == [True, True, True]
     (tmp_path / "file").write_text("x")
-    config = Config(api_key="k", local=True, local_dir=str(tmp_path / "file"))
-    findings = check.run(config, healthy_mongo, None, lambda: check.Finding("embedded database"))
+    config = Config(api_key="k", local=True, local_dir=str(tmp_path / "file"), port=free_port())
+    findings = list(check.each(config, healthy_mongo, None, lambda: check.Finding("embedded database")))
     assert findings[1].problem == "is a file, not a folder"
 
 
-def test_local_mode_names_a_folder_another_server_holds(tmp_path, monkeypatch):
-    from queues import local
-    monkeypatch.setattr(local, "DEFAULT_LOCAL_URL", "mongodb://127.0.0.1:%d" % local.free_port())  # nothing there
-    config = Config(api_key="k", local=True, local_dir=str(tmp_path / "local"))
-    assert check.local_database(config).ok
-    with local.claim(config.local_dir, "http://127.0.0.1:5151"):
+@pytest.fixture
+def nothing_on_27017(monkeypatch):
+    monkeypatch.setattr(local, "DEFAULT_LOCAL_URL", "mongodb://127.0.0.1:%d" % free_port())
+
+
+def test_local_mode_says_it_would_start_a_database_not_that_it_started_one(tmp_path, nothing_on_27017):
+    config = local_config(tmp_path)
+    finding = check.local_database(config)
+    assert finding.ok and finding.what == "embedded database (SecantusDB), would be started in %s" % (
+        tmp_path / "local" / "db")
+
+
+def test_a_running_local_server_is_recognised_and_its_database_checked(tmp_path, nothing_on_27017):
+    """It said 'FAIL embedded database ..., started in ...' although it started nothing."""
+    config = local_config(tmp_path)
+    me = Holder(command="./server --use_local", pid=4242, server="http://127.0.0.1:%d" % config.port,
+                database="mongodb://127.0.0.1:27999")
+    probed = []
+
+    def connect(url):
+        probed.append(url)
+        return mongomock.MongoClient()
+    with local.claim(config.local_dir, me):
+        findings = list(check.each(config, connect, None, lambda: check.local_database(config)))
+    assert probed == ["mongodb://127.0.0.1:27999"]
+    assert [f.ok for f in findings] == [True, True, True], [f.line() for f in findings]
+    running = "./server --use_local (pid 4242), serving http://127.0.0.1:%d" % config.port
+    assert findings[0].what == "configuration (local mode, 127.0.0.1:%d, served by the running ./server --use_local " \
+                               "(pid 4242))" % config.port
+    assert findings[2].what.startswith("database of the running %s: MongoDB mongodb://127.0.0.1:27999" % running)
+
+
+def test_a_running_local_server_without_a_recorded_database_is_said_to_be_starting(tmp_path, nothing_on_27017):
+    config = local_config(tmp_path)
+    with local.claim(config.local_dir, Holder(command="./server --use_local", pid=4242, server="http://x:1")):
         finding = check.local_database(config)
-    assert not finding.ok and "http://127.0.0.1:5151" in finding.problem
-    assert check.local_database(Config(api_key="k", local=True, mongo_url="mongodb://db:1")) == "mongodb://db:1"
+    assert not finding.ok and "check again once it answers" in finding.problem
+
+
+@pytest.mark.parametrize("host, words", [("10.9.9.9", "no such address: check HOST"),
+                                         ("no-such-host.invalid", "HOST=no-such-host.invalid is not an address")])
+def test_an_address_the_server_would_refuse_is_a_problem(production, s3, host, words):
+    """check said 'ok ... would listen on 10.9.9.9' and the server then refused to start."""
+    config = Config(**{**{f: getattr(production, f) for f in production.__dataclass_fields__}, "host": host})
+    findings, status, text = run(config, healthy_mongo, lambda: s3)
+    assert status == 1 and not findings[0].ok and words in findings[0].problem, text
+    assert text.splitlines()[-1] == "not ready: 1 problem"
+
+
+def test_a_port_in_use_is_a_problem(production, s3):
+    import socket
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", production.port))
+        taken.listen()
+        findings, status, text = run(production, healthy_mongo, lambda: s3)
+    assert status == 1 and "in use" in findings[0].problem
+
+
+def test_report_counts_every_problem(production):
+    out = io.StringIO()
+    findings = [check.Finding("configuration", "A is wrong"), check.Finding("configuration", "B is wrong")]
+    assert check.report(findings, out) == 1
+    assert out.getvalue().splitlines() == ["FAIL  configuration: A is wrong", "FAIL  configuration: B is wrong",
+                                           "not ready: 2 problems"]
+
+
+def test_a_database_nobody_recorded_on_the_folder_is_named_with_its_kill(tmp_path, nothing_on_27017, monkeypatch):
+    config = local_config(tmp_path)
+    monkeypatch.setattr(local, "databases_on", lambda data_dir: [31337])
+    finding = check.local_database(config)
+    assert not finding.ok and "SecantusDB (pid 31337)" in finding.problem and "kill 31337" in finding.problem
+
+
+def test_a_database_a_killed_server_left_is_what_a_start_would_stop(tmp_path, nothing_on_27017, monkeypatch):
+    config = local_config(tmp_path)
+    with local.claim(config.local_dir, Holder(command="./server --use_local", pid=4242, database_pid=31337)):
+        pass  # the server was killed: its record stays, its lock is gone
+    monkeypatch.setattr(local, "databases_on", lambda data_dir: [31337])
+    monkeypatch.setattr(local, "is_database_of", lambda pid, data_dir: pid == 31337)
+    finding = check.local_database(config)
+    assert finding.ok and finding.what.endswith("after stopping SecantusDB pid 31337, which a killed ./server "
+                                                "--use_local left running")

@@ -2,11 +2,12 @@
 import dataclasses
 import os
 import re
+from pathlib import Path
 
 import pytest
 
 from queues import serve
-from queues.config import DEFAULT_PORT, LOCAL_API_KEY, REQUIRED, Config, ConfigError, from_env
+from queues.config import DEFAULT_PORT, LOCAL_API_KEY, ORDER, REQUIRED, Config, ConfigError, from_env
 from scoring.rules import Rules
 
 SECRET_API_KEY = "prod-api-key-7c1f9a"
@@ -272,3 +273,54 @@ def test_urls_without_their_scheme_are_rejected_naming_the_variable(env, name, v
 def test_mongodb_urls_are_accepted(env, value):
     env["MONGO_URL"] = value
     assert from_env(env).mongo_url == value
+
+
+# -- every problem at once ------------------------------------------------------------------
+def example_order():
+    """The variables env.sh.example lists (set or commented out), in its order; RULE_* examples aside."""
+    text = (Path(__file__).resolve().parents[2] / "env.sh.example").read_text()
+    names = re.findall(r"^#?\s*export\s+([A-Z0-9_]+)=", text, flags=re.MULTILINE)
+    return tuple(name for name in names if not name.startswith("RULE_"))
+
+
+def test_the_reporting_order_is_env_sh_examples():
+    assert ORDER == example_order()
+
+
+def test_every_problem_is_reported_at_once_in_the_order_of_env_sh_example(env):
+    """``./server check`` named one problem at a time: fix, run, fix, run."""
+    wrong = {"RULE_CORELATION_LIMIT": "0.9", "LOG_LEVEL": "loud", "ROUND_MEMORY_MB": "lots", "STOP_TIMEOUT": "-1",
+             "HTTP_THREADS": "0", "S3_ENDPOINT_URL": "minio:9000", "PORT": "99999", "API_KEY": "",
+             "MONGO_URL": "db.internal:27017", "RULE_CORRELATION_LIMIT": "7"}
+    env.update(wrong)
+    del env["S3_SECRET_KEY"]
+    with pytest.raises(ConfigError) as raised:
+        from_env(env)
+    problems = raised.value.problems
+    named_in_turn = [next(name for name in list(ORDER) + sorted(wrong) if named(problem, name)) for problem in problems]
+    assert named_in_turn == ["MONGO_URL", "S3_SECRET_KEY", "API_KEY", "PORT", "S3_ENDPOINT_URL", "HTTP_THREADS",
+                             "STOP_TIMEOUT", "ROUND_MEMORY_MB", "LOG_LEVEL", "RULE_CORELATION_LIMIT",
+                             "RULE_CORRELATION_LIMIT"], problems
+    assert str(raised.value) == "; ".join(problems)
+    assert "did you mean RULE_CORRELATION_LIMIT" in problems[-2] and "from 0 to 1" in problems[-1]
+    for secret in (SECRET_S3, ACCESS_S3, MONGO_PASSWORD):
+        assert secret not in str(raised.value)
+
+
+def test_a_wrong_log_level_is_a_configuration_problem(env, tmp_path):
+    env["LOG_LEVEL"] = "verbose"
+    with pytest.raises(ConfigError, match="LOG_LEVEL='verbose' is not one of DEBUG, INFO, WARNING, ERROR"):
+        from_env(env)
+    assert from_env({**env, "LOG_LEVEL": "debug"}).port == DEFAULT_PORT
+    with pytest.raises(ConfigError, match="LOG_LEVEL"):
+        from_env({"LOG_LEVEL": "x"}, use_local=True, local_dir=str(tmp_path))
+
+
+@pytest.mark.parametrize("use_local", [False, True])
+def test_rule_problems_are_configuration_problems(env, tmp_path, use_local):
+    env.update(RULE_CORRELATION_LIMIT="7", RULE_MAX_SIMILARS="2")
+    with pytest.raises(ConfigError) as raised:
+        from_env(env, use_local=use_local, local_dir=str(tmp_path))
+    assert len(raised.value.problems) == 2
+    assert "RULE_CORRELATION_LIMIT='7' must be a number from 0 to 1" in raised.value.problems[0]
+    assert "did you mean RULE_MAX_SIMILAR" in raised.value.problems[1]

@@ -6,7 +6,7 @@ leaderboard are decided in ``queues``. Each test runs submissions through
 the pipeline stages (mongomock, local files) and pins today's public
 behaviour; its docstring says what the 2017 service did instead. The
 rule-level departures are in ``tests/scoring/test_departures.py``; the
-README section "Where the rules depart from the 2017 code" lists both.
+section "Where the rules depart from the 2017 code" of docs/migrating.md lists both.
 """
 import dataclasses
 import datetime

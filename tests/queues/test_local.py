@@ -1,5 +1,9 @@
 """Local mode's database: probing a URL, choosing one, and the embedded SecantusDB."""
 import contextlib
+import json
+import logging
+import os
+import signal
 import subprocess
 import sys
 import time
@@ -9,6 +13,7 @@ import pytest
 
 from queues import local
 from queues.config import from_env
+from queues.local import Holder
 
 
 def closed_url():
@@ -52,7 +57,7 @@ def no_embedding(monkeypatch):
     started = []
 
     @contextlib.contextmanager
-    def fake_embedded(local_dir, serving=""):
+    def fake_embedded(local_dir, me=Holder()):
         started.append(local_dir)
         yield "mongodb://127.0.0.1:1/embedded"
     monkeypatch.setattr(local, "embedded", fake_embedded)
@@ -126,25 +131,64 @@ def test_embedded_database_answers_keeps_data_and_stops(tmp_path, spawned):
 
 
 # -- one folder, one server ------------------------------------------------------------------
+SERVER_A = Holder(command="./server --use_local", pid=4242, server="http://127.0.0.1:5261")
+SERVER_B = Holder(command="./server --use_local", pid=4343, server="http://127.0.0.1:5262")
+
+
 def test_a_claimed_folder_refuses_a_second_claim_naming_the_holder(tmp_path):
     folder = str(tmp_path / "local")
-    with local.claim(folder, "http://127.0.0.1:5261"):
-        with pytest.raises(local.LocalDatabaseError) as raised:
-            with local.claim(folder, "http://127.0.0.1:5262"):
+    with local.claim(folder, SERVER_A):
+        with pytest.raises(local.FolderInUse) as raised:
+            with local.claim(folder, SERVER_B):
                 pytest.fail("two servers hold one folder")
         message = str(raised.value)
-        assert "in use" in message and "http://127.0.0.1:5261" in message and "--local-dir" in message
-        assert "\n" not in message
-    with local.claim(folder, "http://127.0.0.1:5262"):  # free again once the first let go
+        assert message.startswith("the local folder %s is in use by another ./server --use_local (pid 4242), serving "
+                                  "http://127.0.0.1:5261: use that server" % folder), message
+        assert "--local-dir" in message and "\n" not in message and raised.value.holder == SERVER_A
+    with local.claim(folder, SERVER_B):  # free again once the first let go
         pass
+
+
+def test_holder_only_looks(tmp_path):
+    folder = str(tmp_path / "local")
+    assert local.holder(folder) is None  # no folder yet
+    with local.claim(folder, SERVER_A):
+        assert local.holder(folder) == SERVER_A
+        assert local.holder(folder) == SERVER_A  # looking took nothing
+    assert local.holder(folder) is None
+    assert local.recorded(folder) == SERVER_A  # what the last holder said stays for the next one
+
+
+def test_a_rescore_holding_the_folder_is_named_as_such(tmp_path):
+    folder = str(tmp_path / "local")
+    rescoring = Holder(command="./server --use_local rescore 41", pid=77)
+    with local.claim(folder, rescoring):
+        with pytest.raises(local.FolderInUse, match=r"in use by ./server --use_local rescore 41 \(pid 77\): wait for"):
+            with local.claim(folder, SERVER_B):
+                pass
+
+
+def test_a_lock_written_by_an_earlier_version_is_read_as_an_address(tmp_path):
+    assert Holder.parse("http://127.0.0.1:5151\n") == Holder(server="http://127.0.0.1:5151")
+    assert Holder.parse("") == Holder() and Holder.parse("[1]") == Holder()
+    assert Holder.parse(json.dumps({"pid": 3, "future_field": 1})) == Holder(pid=3)
+
+
+def test_a_production_install_without_secantus_says_what_to_install(tmp_path, monkeypatch):
+    real = local.importlib.util.find_spec
+    monkeypatch.setattr(local.importlib.util, "find_spec", lambda name: None if name == "secantus" else real(name))
+    with pytest.raises(local.LocalDatabaseError, match="not installed: run pip install -r requirements.txt, or point "
+                                                       "MONGO_URL at a MongoDB"):
+        with local.embedded(str(tmp_path / "local")):
+            pytest.fail("started without SecantusDB")
 
 
 def test_a_second_embedded_database_on_a_claimed_folder_never_starts(tmp_path, monkeypatch):
     monkeypatch.setattr(local, "start_secantus", lambda *a, **k: pytest.fail("started a second database"))
     folder = str(tmp_path / "local")
-    with local.claim(folder, "http://127.0.0.1:5261"):
+    with local.claim(folder, SERVER_A):
         with pytest.raises(local.LocalDatabaseError, match="in use by another ./server --use_local"):
-            with local.embedded(folder, "http://127.0.0.1:5262"):
+            with local.embedded(folder, SERVER_B):
                 pass
 
 
@@ -159,18 +203,85 @@ def test_why_it_exited_reads_only_what_this_start_logged(tmp_path):
     assert "in use by another process" in local.why_it_exited(str(tmp_path), str(log_path), 0)
 
 
+def test_a_recorded_pid_that_now_runs_something_else_is_left_alone(tmp_path):
+    """Pids are reused: only a SecantusDB on this very folder is ours to stop."""
+    other = subprocess.Popen([sys.executable, "-c", "import sys; sys.stdin.read()"], stdin=subprocess.PIPE)
+    try:
+        local.take_over(Holder(database_pid=other.pid), str(tmp_path / "db"))
+        assert other.poll() is None
+    finally:
+        other.kill()
+        other.wait()
+
+
+def orphan(folder, port, log_path):
+    """A SecantusDB on ``folder``'s data that no server watches: what a killed server used to leave behind."""
+    process = subprocess.Popen(local.secantus_command(os.path.join(folder, "db"), port), stdout=open(log_path, "ab"),
+                               stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
+    local.wait_until_up("mongodb://127.0.0.1:%d" % port, process)
+    return process
+
+
 @pytest.mark.slow
-def test_a_database_left_running_on_the_folder_is_named_not_a_traceback(tmp_path, spawned):
-    """A SecantusDB outliving its server (SIGKILL) keeps the folder; the next start says so."""
+def test_a_database_left_running_on_the_folder_is_named_with_how_to_stop_it(tmp_path, spawned):
+    """A SecantusDB nobody recorded keeps the folder; the next start names its pid and the kill that frees it."""
     folder = str(tmp_path / "local")
-    port = local.free_port()
-    url = "mongodb://127.0.0.1:%d" % port
-    orphan = local.start_secantus(str(tmp_path / "local" / "db"), port, str(tmp_path / "orphan.log"))
-    spawned.append(orphan)
-    local.wait_until_up(url, orphan)
+    left = orphan(folder, local.free_port(), str(tmp_path / "orphan.log"))
+    spawned.append(left)
     with pytest.raises(local.LocalDatabaseError) as raised:
-        with local.embedded(folder, "http://127.0.0.1:5262"):
+        with local.embedded(folder, SERVER_B):
             pytest.fail("a second database started on a folder in use")
     message = str(raised.value)
-    assert "exited with code" in message and "in use by another process" in message and "--local-dir" in message
-    assert "\n" not in message
+    assert "exited with code" in message and "SecantusDB (pid %d)" % left.pid in message, message
+    assert "kill %d" % left.pid in message and "--local-dir" in message and "\n" not in message
+    assert left.poll() is None  # not ours to stop: nobody recorded it
+
+
+@pytest.mark.slow
+def test_a_database_its_killed_server_left_running_is_taken_over(tmp_path, spawned, caplog):
+    """The folder's record names the database a killed server started: the next start stops it, says so, and runs."""
+    caplog.set_level(logging.INFO)
+    folder = str(tmp_path / "local")
+    left = orphan(folder, local.free_port(), str(tmp_path / "orphan.log"))
+    spawned.append(left)
+    with local.claim(folder, SERVER_A) as held:  # the killed server's record
+        held.record(Holder(command=SERVER_A.command, pid=SERVER_A.pid, server=SERVER_A.server,
+                           database="mongodb://127.0.0.1:1", database_pid=left.pid))
+    with local.embedded(folder, SERVER_B) as url:
+        assert left.poll() is not None  # stopped before ours started on the same data
+        assert local.answers(url)
+        assert local.holder(folder).database == url
+    warning = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert any("pid %d" % left.pid in line and "outlived it" in line for line in warning), warning
+    assert any("took over" in r.getMessage() for r in caplog.records)
+
+
+@pytest.mark.slow
+def test_the_embedded_database_ends_with_its_server_however_it_ends(tmp_path):
+    """SIGKILL a process running ``embedded``: its database must not outlive it (Linux: PR_SET_PDEATHSIG)."""
+    if not os.path.isdir("/proc/self"):
+        pytest.skip("the kernel's parent-death signal is Linux's; elsewhere the next start takes the database over")
+    folder = str(tmp_path / "local")
+    database_pid = None
+    code = ("import sys; from queues import local\n"
+            "with local.embedded(sys.argv[1]) as url:\n"
+            "    print(url, flush=True); sys.stdin.read()\n")
+    server = subprocess.Popen([sys.executable, "-c", code, folder], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                              stderr=subprocess.DEVNULL, cwd=os.path.dirname(os.path.dirname(os.path.dirname(__file__))))
+    try:
+        url = server.stdout.readline().decode().strip()
+        assert url.startswith("mongodb://"), "the process running embedded() exited early"
+        database_pid = local.recorded(folder).database_pid
+        assert local.is_database_of(database_pid, os.path.join(folder, "db"))
+        server.kill()
+        server.wait(30)
+        deadline = time.monotonic() + 30  # polling the process state: the kernel signals it, SecantusDB stops
+        while local.command_line(database_pid) is not None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert local.command_line(database_pid) is None, "the database outlived its server"
+    finally:
+        if server.poll() is None:
+            server.kill()
+            server.wait()
+        if database_pid and local.is_database_of(database_pid, os.path.join(folder, "db")):
+            os.kill(database_pid, signal.SIGKILL)  # never leave one behind, even when the test fails

@@ -61,3 +61,52 @@ def test_the_pipeline_stops_once_from_the_first_sigterm_to_the_worker_exit():
         assert not first.is_alive() and calls == ["stopping"]
     finally:
         signal.signal(signal.SIGTERM, before)
+
+
+def test_a_first_interrupt_stops_gracefully_and_a_second_at_once_with_one_line(monkeypatch, capfd):
+    """A second Ctrl-C during a stop printed an "Exception ignored in atexit" traceback (gunicorn's quit
+    raised SystemExit inside the interpreter's clean-up); now it is one line and an exit that skips it."""
+    import os
+    import signal
+    import threading
+    release = threading.Event()
+    exits = []
+    monkeypatch.setattr(os, "_exit", lambda code: exits.append(code))
+    service = serve.Service(lambda: ("app", lambda: release.wait(10)), {"bind": "127.0.0.1:%d" % free_port()})
+    saved = {signum: signal.getsignal(signum) for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT)}
+    try:
+        service.load()
+        interrupt = signal.getsignal(signal.SIGINT)
+        interrupt(signal.SIGINT, None)  # the first Ctrl-C: the graceful stop starts, nothing exits
+        assert service._asked.is_set() and exits == []
+        assert capfd.readouterr().err == ""
+        interrupt(signal.SIGINT, None)  # the second, while the stop waits
+        assert exits == [0]
+        (line,) = capfd.readouterr().err.splitlines()
+        assert "interrupted again while stopping: stopping at once" in line and "recovery" in line
+        exits.clear()
+        signal.getsignal(signal.SIGQUIT)(signal.SIGQUIT, None)  # the arbiter's quick shutdown, after its 2nd SIGINT
+        assert exits == [0] and len(capfd.readouterr().err.splitlines()) == 1
+    finally:
+        release.set()
+        for signum, handler in saved.items():
+            signal.signal(signum, handler)
+
+
+def test_sigterm_alone_never_counts_as_an_interrupt(monkeypatch):
+    """A terminal's Ctrl-C reaches the worker (SIGINT) and the arbiter, which forwards SIGTERM: one interrupt."""
+    import os
+    import signal
+    exits = []
+    monkeypatch.setattr(os, "_exit", lambda code: exits.append(code))
+    service = serve.Service(lambda: ("app", lambda: None), {"bind": "127.0.0.1:%d" % free_port()})
+    saved = {signum: signal.getsignal(signum) for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT)}
+    try:
+        service.load()
+        signal.getsignal(signal.SIGINT)(signal.SIGINT, None)
+        signal.getsignal(signal.SIGTERM)(signal.SIGTERM, None)
+        signal.getsignal(signal.SIGTERM)(signal.SIGTERM, None)
+        assert exits == []
+    finally:
+        for signum, handler in saved.items():
+            signal.signal(signum, handler)

@@ -1,7 +1,7 @@
 """Where the rules depart from the 2017 service, one hand-made case each.
 
-Every test is named for a departure listed in the README section "Where
-the rules depart from the 2017 code". Its docstring says, in our words,
+Every test is named for a departure listed in docs/migrating.md, section
+"Where the rules depart from the 2017 code". Its docstring says, in our words,
 what the 2017 service did with the same input; the asserts pin what the
 project does instead, and the statistic it decides on. Departures that
 live in the service (which submissions are compared, what is cached) are
