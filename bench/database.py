@@ -89,6 +89,7 @@ class Commands(monitoring.CommandListener):
 
     def __init__(self, inspect=None):
         self.counts = collections.Counter()
+        self.seconds = collections.Counter()  # round-trip time by thread, as the client saw it
         self.inspect = inspect
         self._lock = threading.Lock()
 
@@ -100,11 +101,16 @@ class Commands(monitoring.CommandListener):
                 self.inspect(name, event)
 
     def succeeded(self, event):
-        pass
+        self._took(event)
 
     def failed(self, event):
-        pass
+        self._took(event)
+
+    def _took(self, event):
+        with self._lock:
+            self.seconds[threading.current_thread().name] += event.duration_micros / 1e6
 
     def reset(self):
         with self._lock:
             self.counts.clear()
+            self.seconds.clear()

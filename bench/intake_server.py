@@ -1,6 +1,6 @@
 """The server the intake benchmark measures, run as ``python -m bench.intake_server``.
 
-It is ``server``'s own ``build_service`` under ``queues.serve`` (gunicorn,
+It is :func:`queues.service.build_service` under ``queues.serve`` (gunicorn,
 one process, the pipeline threads beside the HTTP threads); only the
 database differs: mongomock inside the process, or a MongoDB URL. The
 round it serves is small and real, so accepted submissions are scored
@@ -10,8 +10,6 @@ that parses JSON and puts the id on a queue, recording nothing.
 import argparse
 import datetime
 import functools
-import importlib.machinery
-import importlib.util
 import logging
 import os
 import queue
@@ -21,22 +19,13 @@ import pymongo
 from flask import Flask, jsonify, request
 
 from bench.locked import LockedDatabase
-from queues import demo, serve
+from queues import demo, serve, service
 from queues.config import Config
 from queues.files import LocalFiles
 
 ROUND = 41
 API_KEY = "bench-intake-key"
 HERE = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def load_server():
-    """The ``server`` script as a module (it has no .py suffix; importing runs nothing)."""
-    loader = importlib.machinery.SourceFileLoader("server_script", os.path.join(HERE, "server"))
-    spec = importlib.util.spec_from_loader("server_script", loader)
-    module = importlib.util.module_from_spec(spec)
-    loader.exec_module(module)
-    return module
 
 
 def submission_ids(count):
@@ -106,8 +95,7 @@ def main():
             db = mongomock.MongoClient().bench
             seed(db, files, args.submissions)
             return LockedDatabase(db)
-    server = load_server()
-    serve.Service(functools.partial(server.build_service, config, database), options).run()
+    serve.Service(functools.partial(service.build_service, config, database), options).run()
 
 
 if __name__ == "__main__":

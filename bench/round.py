@@ -4,7 +4,7 @@ Each user's submission (n rows) is written as a CSV file in a folder laid
 out like the buckets; the round's documents go into SecantusDB, which the
 benchmark starts in its own process on a free loopback port (as local
 mode does); every submission is POSTed, one after the other, through the
-app that ``server``'s ``build_service`` builds, with its dispatcher,
+app that :func:`queues.service.build_service` builds, with its dispatcher,
 concordance, originality, leaderboard, recovery and lease threads. The
 clock runs from the first request until every submission is done
 (``seconds``); ``board_s`` is when the leaderboard shows every verdict.
@@ -42,11 +42,11 @@ import pandas as pd
 import pymongo
 from bson import ObjectId
 
-from bench import data, intake_server
+from bench import data
 from bench.database import Commands, secantus, store_name
 from bench.originality import baseline_pair
 from bench.timing import BenchmarkError, result
-from queues import demo
+from queues import demo, service
 from queues.config import Config
 from scoring.ks import ks_statistic
 from scoring.originality import too_correlated
@@ -115,8 +115,10 @@ def prepare(root, args):
     return docs, predictions
 
 
-#: The leaderboard writer's thread, and the threads that run on a timer (names given by build_service).
+#: The leaderboard writer's thread, the members' change stream, and the threads that run on a
+#: timer (names given by queues.service).
 BOARD_THREADS = ("leaderboard",)
+STREAM_THREADS = ("members",)
 BACKGROUND_THREADS = ("recovery", "leases", "supervisor")
 #: Commands the driver sends on its own (ending sessions at close).
 DRIVER_COMMANDS = ("endSessions",)
@@ -143,7 +145,7 @@ class Watch:
         self.reset()
 
     def reset(self):
-        self.writes = 0   # updates of a leaderboard (positional $set, or $push of new entries)
+        self.writes = 0   # updates of a leaderboard (entries set or appended by position)
         self.entries = 0  # entries those updates wrote
         self.changes = 0  # transitions that changed what a leaderboard shows (they stamp processing.board)
         self.settling = 0  # transitions to done or failed sent
@@ -156,10 +158,10 @@ class Watch:
             update = spec.get("u") or {}
             fields = update.get("$set") or {}
             if collection == "competitions" and thread in BOARD_THREADS:
-                pushed = ((update.get("$push") or {}).get("leaderboard") or {}).get("$each")
-                if pushed is not None or spec.get("arrayFilters"):
+                positions = {key.split(".")[1] for key in fields if key.startswith("leaderboard.")}
+                if positions:
                     self.writes += 1
-                    self.entries += len(pushed if pushed is not None else spec["arrayFilters"])
+                    self.entries += len(positions)
             elif collection == "submissions" and "processing.board" in fields:
                 self.changes += 1
                 if fields.get("processing.state") in SETTLED:
@@ -225,7 +227,7 @@ def run_round(root, docs, timeout, checks):
     watch = Watch()
     commands = Commands(watch.inspect)
     with secantus(os.path.join(root, "secantus")) as database:
-        # the service's client has server.client_for's settings, plus the counting listener
+        # the service's client has queues.clients.client_for's settings, plus the counting listener
         client = pymongo.MongoClient(database.url, event_listeners=[commands],
                                      serverSelectionTimeoutMS=config.mongo_timeout_ms,
                                      connectTimeoutMS=config.mongo_timeout_ms, socketTimeoutMS=30000)
@@ -234,19 +236,21 @@ def run_round(root, docs, timeout, checks):
             db = own[DB_NAME]
             db.submissions.insert_many(docs)
             db.competitions.insert_one({"_id": ROUND, "leaderboard": []})
-            app, stop = intake_server.load_server().build_service(config, lambda: client[DB_NAME])
+            app, stop = service.build_service(config, lambda: client[DB_NAME])
             try:
                 commands.reset()  # the indexes build_service created are not the round's
                 watch.reset()
                 seconds, board_seconds, cpu, service_cpu = judge(app, docs, db, database, watch, timeout)
                 counts = collections.Counter(commands.counts)
+                board_db = sum(commands.seconds[thread] for thread in BOARD_THREADS)
             finally:
                 stop()
             extra = checks(db)
         finally:
             own.close()
             client.close()
-    figures = {"seconds": seconds, "board_s": board_seconds, "db_cpu_s": cpu, "service_cpu_s": service_cpu}
+    figures = {"seconds": seconds, "board_s": board_seconds, "db_cpu_s": cpu, "service_cpu_s": service_cpu,
+               "board_db_s": board_db, "board_db_share": round(board_db / cpu, 3) if cpu else None, "processes": 1}
     figures.update(command_figures(counts, watch, len(docs)))
     figures.update(extra)
     return figures
@@ -254,20 +258,22 @@ def run_round(root, docs, timeout, checks):
 
 def command_figures(counts, board, submissions):
     """Round trips per submission by command name, and the leaderboard's and timers' commands apart."""
-    judged, board_commands, background = collections.Counter(), 0, 0
+    judged, board_commands, stream, background = collections.Counter(), 0, 0, 0
     for (thread, name), count in counts.items():
         if name in DRIVER_COMMANDS:
             continue
         if thread in BOARD_THREADS:
             board_commands += count
+        elif thread in STREAM_THREADS:
+            stream += count
         elif thread in BACKGROUND_THREADS:
             background += count
         else:
             judged[name] += count
-    figures = {"round_trips_per_submission": round(sum(judged.values()) / submissions, 2)}
+    figures = {"round_trips_per_submission": round((sum(judged.values()) + stream) / submissions, 2)}
     figures.update(("rt_%s" % name, round(count / submissions, 3)) for name, count in sorted(judged.items()))
-    figures.update(board_writes=board.writes, board_entries=board.entries, board_changes=board.changes,
-                   board_commands=board_commands, background_commands=background)
+    figures.update(rt_stream=round(stream / submissions, 3), board_writes=board.writes, board_entries=board.entries,
+                   board_changes=board.changes, board_commands=board_commands, background_commands=background)
     return figures
 
 

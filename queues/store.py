@@ -73,6 +73,11 @@ def owner_name(port=0):
     return "%s:%s:%d" % (socket.gethostname(), port, os.getpid())
 
 
+def owner_prefix(owner):
+    """What every process of the same server (host and port) puts before its pid in :func:`owner_name`."""
+    return owner.rsplit(":", 1)[0] + ":"
+
+
 def is_pending(doc, check):
     """A check counts as pending unless the document records a verdict for it."""
     return (doc.get(check) or PENDING).get("pending", True)

@@ -15,12 +15,11 @@ from pathlib import Path
 import subprocess
 import sys
 
-import mongomock
 import pymongo.errors
 import pytest
 
-from queues import local, serve, store
-from queues.config import REQUIRED, Config
+from queues import clients, local, serve
+from queues.config import REQUIRED
 from queues.local import Holder, free_port
 
 SCRIPT = Path(__file__).resolve().parents[1] / "server"
@@ -170,7 +169,7 @@ class RejectingClient:
 
 
 def test_rejected_credentials_at_start_refuse_to_start(server, production, caplog, monkeypatch):
-    monkeypatch.setattr(server, "client_for", lambda config, url: RejectingClient())
+    monkeypatch.setattr(clients, "client_for", lambda config, url: RejectingClient())
     assert server.main(["--port", str(free_port())]) == 2
     (line,) = errors(caplog)
     assert line.startswith("cannot start: MongoDB rejected the server's credentials") and "MONGO_URL" in line
@@ -179,26 +178,11 @@ def test_rejected_credentials_at_start_refuse_to_start(server, production, caplo
 def test_an_unreachable_database_at_start_starts_anyway(server, production, caplog, monkeypatch):
     ran = []
     monkeypatch.setattr(serve.Service, "run", lambda self: ran.append(self))
-    monkeypatch.setattr(server, "client_for",
+    monkeypatch.setattr(clients, "client_for",
                         lambda config, url: pymongo.MongoClient(url, serverSelectionTimeoutMS=50, connectTimeoutMS=50))
     assert server.main(["--port", str(free_port())]) == 0
     assert len(ran) == 1  # it may come back: requests answer 503 meanwhile
     assert any("does not answer" in record.getMessage() and "503" in record.getMessage() for record in caplog.records)
-
-
-def test_a_failure_to_create_indexes_is_logged(server, caplog, monkeypatch, tmp_path):
-    def refused(self):
-        raise pymongo.errors.OperationFailure("not authorized on numerai to execute command { createIndexes }", code=13)
-    monkeypatch.setattr(store.Store, "ensure_indexes", refused)
-    config = Config(api_key="k", local=True, local_dir=str(tmp_path), cache_dir=str(tmp_path / "cache"),
-                    originality_threads=1)
-    app, stop = server.build_service(config, lambda: mongomock.MongoClient().numerai)
-    try:
-        (line,) = [r.getMessage() for r in caplog.records if "indexes" in r.getMessage()]
-        assert "Unauthorized" in line and "MONGO_DB_NAME" in line
-        assert app.test_client().get("/metrics").status_code == 200
-    finally:
-        assert stop() == []
 
 
 def test_missing_packages_are_one_line_pointing_to_requirements(tmp_path):
@@ -280,45 +264,6 @@ def test_a_serving_start_logs_every_configuration_problem(server, caplog, monkey
     monkeypatch.setenv("RULE_MAX_SIMILAR", "0")
     assert server.main(["--use_local", "--local-dir", str(tmp_path)]) == 2
     assert [line.split(":")[1].split("=")[0].strip() for line in errors(caplog)] == ["PORT", "RULE_MAX_SIMILAR"]
-
-
-# -- stopping says what it hands back ----------------------------------------------------------
-class Stub:
-    """Stands in for the supervisor, store, pipeline and rescorer at a stop."""
-
-    def __init__(self, tokens=(), driving=(), fail=False):
-        self.driving = set(driving)
-        self.released = []
-        self._tokens, self.fail = set(tokens), fail
-
-    def stop(self, timeout):
-        return []
-
-    def tokens(self):
-        return set(self._tokens)
-
-    def release(self, tokens=None):
-        if self.fail:
-            raise pymongo.errors.AutoReconnect("connection closed")
-        self.released.append(tokens)
-        return 2 * len(tokens or ())  # an intake token is shared by its batch: two submissions each
-
-
-def test_a_stop_says_how_many_leases_and_runs_it_hands_back(server, caplog):
-    caplog.set_level(logging.INFO)
-    config = Config(api_key="k", stop_timeout=1, lease_seconds=30)
-    parts = Stub(tokens=["t1", "t2", "t3"], driving=[41])
-    assert server.stop(parts, parts, parts, config, parts) == []
-    assert parts.released == [{"t1", "t2", "t3"}, None]
-    assert caplog.records[-1].getMessage() == ("handed back to recovery: 6 submission leases and 1 re-score run; "
-                                               "another server, or the next start, takes them at once")
-    idle = Stub()
-    server.stop(idle, idle, idle, config, idle)
-    assert caplog.records[-1].getMessage() == "handed back to recovery: 0 submission leases and 0 re-score runs"
-    away = Stub(tokens=["t1"], fail=True)
-    server.stop(away, away, away, config, away)
-    assert caplog.records[-1].getMessage() == ("could not hand back the leases of 1 job and 0 re-score runs "
-                                               "(AutoReconnect); they expire in 30s")
 
 
 def test_rescore_beside_a_running_local_server_says_how_to_go_on(server, caplog, monkeypatch, tmp_path):

@@ -1,9 +1,10 @@
 """A whole server's objects in one test process, driven one job at a time.
 
-``Node`` is what ``server`` builds (store, pipeline, workers, leaderboard
-writer, recovery, the Flask app) without threads: a test posts through
-the app and runs each queued job by calling the worker's ``run`` itself,
-so every interleaving is chosen by the test, never by timing.
+``Node`` is what the server builds, with the server's own wiring
+(:mod:`queues.service`: store, pipeline, workers, leaderboard writer,
+recovery, rescorer, the Flask app), without threads: a test posts
+through the app and runs each queued job by calling the worker's ``run``
+itself, so every interleaving is chosen by the test, never by timing.
 
 ``Faults`` wraps a pymongo database so that its k-th write crashes the
 process: :class:`Crash` is a ``BaseException``, so no worker or handler
@@ -11,6 +12,7 @@ catches it, exactly like a SIGKILL between two writes. ``after=True``
 crashes once the k-th write is applied but before its answer arrives.
 """
 import collections
+import dataclasses
 import datetime
 import threading
 
@@ -18,20 +20,12 @@ import numpy as np
 from bson import ObjectId
 
 from queues import demo
-from queues.app import create_app
 from queues.config import Config
-from queues.leaderboard import Leaderboard, desired_entry, newest
-from queues.members import RoundMembers
-from queues.metrics import Metrics
-from queues.pipeline import CONCORDANCE, DISPATCH, ORIGINALITY, Pipeline
-from queues.recovery import Recovery
-from queues.rescore import Rescorer
-from queues.rounds import Rounds
+from queues.leaderboard import desired_entry, newest
+from queues.pipeline import CONCORDANCE, DISPATCH, ORIGINALITY
+from queues.service import build_app, build_pipeline, build_recovery
 from queues.store import ACTIVE, CHECKS, DONE, FAILED, Store
-from queues.supervisor import Supervisor
-from queues.workers import ConcordanceWorker, Dispatcher, OriginalityWorker
 from scoring import concordance, consistency, originality
-from scoring.prepared import PreparedRound
 from scoring.submission import SubmissionError, parse_submission
 
 API_KEY = "harness-key"
@@ -95,28 +89,16 @@ class Node:
         self.faults = faults or Faults()
         self.db = FaultyDatabase(db, self.faults)
         self.store = Store(self.db, owner="%s%d" % (HOST, pid), lease_seconds=30)
-        self.pipeline = Pipeline()
-        self.metrics = Metrics()
-        self.members = RoundMembers(self.store, self.pipeline.stop)
-        self.board = Leaderboard(self.store, self.pipeline.stop, members=self.members)
+        config = dataclasses.replace(Config(api_key=API_KEY), cache_dir=cache_dir, **({"rules": rules} if rules else {}))
+        lives = lambda other: other == pid or alive(other)  # noqa: E731
+        # the server's own wiring; the supervisor is never started: the test runs each job itself
+        parts = build_pipeline(config, self.store, files=files, alive=lives)
+        self.pipeline, self.metrics, self.board = parts.pipeline, parts.metrics, parts.board
+        self.members, self.rescorer, self.workers = parts.members, parts.rescorer, parts.workers
+        self.recovery = build_recovery(config, self.store, parts, alive=lives)
         if follow:  # follow the database's change stream as the server's members thread does
             threading.Thread(target=self.members.loop, name="members", daemon=True).start()
-        rules = rules or Config(api_key=API_KEY).rules
-        rounds = Rounds(files, cache_dir, rules, PreparedRound)
-        parts = dict(store=self.store, rounds=rounds, rules=rules, metrics=self.metrics, board=self.board,
-                     members=self.members)
-        self.workers = {DISPATCH: Dispatcher(self.pipeline, **parts),
-                        CONCORDANCE: ConcordanceWorker(self.pipeline, **parts),
-                        ORIGINALITY: OriginalityWorker(self.pipeline, **parts)}
-        self.recovery = Recovery(self.pipeline, self.store, 60, self.metrics, self.board,
-                                 owner_prefix=HOST, alive=lambda other: other == pid or alive(other))
-        self.rescorer = Rescorer(self.pipeline, self.store, rules, 60,
-                                 judges=(Dispatcher(self.pipeline, **parts), ConcordanceWorker(self.pipeline, **parts),
-                                         OriginalityWorker(self.pipeline, **parts)),
-                                 owner_prefix=HOST, alive=lambda other: other == pid or alive(other))
-        supervisor = Supervisor(self.pipeline.stop, self.metrics)
-        self.client = create_app(self.store, self.pipeline, Config(api_key=API_KEY), supervisor, self.metrics,
-                                 rescorer=self.rescorer).test_client()
+        self.client = build_app(config, self.store, parts).test_client()
 
     def post(self, submission_id):
         return self.client.post("/", json={"submission_id": submission_id, "api_key": API_KEY})
