@@ -57,7 +57,7 @@ RETRY_SECONDS = 1.0
 #: Least seconds from the start of one write to the start of the next.
 WRITE_INTERVAL = 1.0
 #: The largest share of the database's time the writer lets itself take.
-WRITE_SHARE = 0.05
+WRITE_SHARE = 0.1
 #: The owned fields of an entry, which the writer compares and writes.
 OWNED = ("submission_id", "logloss", "concordant", "original", REV)
 

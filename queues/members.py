@@ -37,6 +37,10 @@ log = logging.getLogger(__name__)
 FIELDS = ("username", "filename", "created", "competition_id")
 #: How long a change stream's getMore waits for events before returning empty.
 AWAIT_MS = 500
+#: With no check waiting, the stream is read at most this often (the events wait on the server).
+IDLE_SECONDS = 1.0
+#: How often an idle stream thread looks at the stop flag.
+STOP_POLL = 0.1
 #: How long a check waits for its marker before treating the stream as stuck (a transient error).
 MARKER_TIMEOUT = 15.0
 #: Seconds between attempts to open a stream after a failure.
@@ -102,6 +106,7 @@ class RoundMembers:
         self._issued = 0           # requests covered by markers written or being written
         self._markers = {}         # marker token -> the requests it covers
         self._generation = 0       # counts stream (re)starts: a marker of an earlier one is never seen
+        self._demand = threading.Event()  # set when a check needs the stream read now
         self.stats = {"markers": 0, "full_reads": 0, "events": 0}
 
     # -- checks ------------------------------------------------------------------
@@ -203,6 +208,7 @@ class RoundMembers:
             self.store.write_marker(token)
             written = True
             self.stats["markers"] += 1
+            self._demand.set()
         finally:
             with self._cv:
                 self._writing = False
@@ -243,9 +249,25 @@ class RoundMembers:
             log.info("members: following a change stream of the submissions; each round is read in full once")
             while not self.stop.is_set():
                 self._load_wanted()
+                self._demand.clear()
                 event = stream.try_next()
                 if event is not None:
-                    self._apply(event)
+                    if not self._apply(event) or self._waiting():
+                        continue
+                # caught up with every marker written: asking again now would only find the database's
+                # next write (a getMore returns, empty, whenever the database writes anything else)
+                self._idle()
+
+    def _waiting(self):
+        """Whether a check waits for a marker not delivered yet, or for a round to be read."""
+        with self._cv:
+            return bool(self._markers or self._wanted)
+
+    def _idle(self):
+        """Wait until a check needs the stream read, the quiet spell is over, or the service stops."""
+        deadline = time.monotonic() + IDLE_SECONDS
+        while not (self._demand.is_set() or self.stop.is_set()) and time.monotonic() < deadline:
+            self._demand.wait(STOP_POLL)
 
     def _reset(self, feed):
         """Forget every round (they are read again), and set the feed."""
@@ -275,16 +297,16 @@ class RoundMembers:
                     self._where[oid] = competition_id
 
     def _apply(self, event):
-        """Bring memory in line with one change event."""
+        """Bring memory in line with one change event; True when it was a marker."""
         self.stats["events"] += 1
         kind = event.get("operationType")
         if kind in RESET_EVENTS:
             log.info("members: %s in the database; every round is read again", kind)
             self._reset(STREAM)
-            return
+            return False
         if event.get("ns", {}).get("coll") != "submissions":
             self._marker_seen(event)
-            return
+            return True
         oid = (event.get("documentKey") or {}).get("_id")
         if kind in ("insert", "replace"):
             self._place(member_of(event.get("fullDocument") or {"_id": oid}))
@@ -292,6 +314,7 @@ class RoundMembers:
             self._remove(oid)
         elif kind == "update":
             self._update(oid, event.get("updateDescription") or {})
+        return False
 
     def _marker_seen(self, event):
         """A marker came through: load the rounds asked for (the read includes everything the marker
