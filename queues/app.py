@@ -283,10 +283,12 @@ def summary(doc):
     fields = ("username", "competition_id", "created", "consistency", "validationLogloss", "concordant", "original")
     body = {"submission_id": str(doc["_id"])}
     body.update({field: public(doc.get(field)) for field in fields})
-    processing = public(doc.get("processing") or {})
+    processing = public(doc.get("processing") if isinstance(doc.get("processing"), dict) else {})
     for internal in ("lease", "board", "fence", "dispatched", "settled_by", "rev"):  # the service's own bookkeeping
         processing.pop(internal, None)
     body["status"] = processing.pop("state", None)
+    if body["status"] != "failed":  # a re-POSTed failure's error stays until it is kept in history
+        processing["error"] = None
     body["processing"] = processing
     return body
 

@@ -29,6 +29,10 @@ class MissingSubmission(PermanentError):
     """The submission document is gone."""
 
 
+class MalformedSubmission(PermanentError):
+    """A field of the submission document the service needs is missing or of another type (see queues.fields)."""
+
+
 class LateFile(Exception):
     """Another user's earlier file is not in storage yet and may still arrive.
 

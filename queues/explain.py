@@ -20,8 +20,9 @@ def named_originality(found, others, left_out):
     """Originality evidence as stored: submission ids and usernames, and who was left out.
 
     ``others`` are the compared submissions (``submission_id``,
-    ``username``); ``left_out`` the earlier ones whose files could not be
-    read (``submission_id``, ``username``, ``reason``), capped like the
+    ``username``); ``left_out`` the ones whose files could not be read, or
+    whose documents had a field the service cannot use (``submission_id``,
+    ``username``, ``reason``, and ``field`` for those), capped like the
     other lists.
     """
     usernames = {other["submission_id"]: other["username"] for other in others}
@@ -153,13 +154,23 @@ def offender_reason(entry, thresholds):
     return "its predictions %s %s (%s)" % (verbs, whose(entry), ", ".join(numbers for _, numbers in parts))
 
 
+def left_out_causes(found):
+    """Why submissions were left out, in a few words: unreadable files, unusable document fields, or both."""
+    listed = found.get("left_out") or []
+    fields = any(entry.get("field") for entry in listed)
+    files = any(not entry.get("field") for entry in listed) or len(listed) < found.get("left_out_total", 0)
+    return " and ".join(cause for cause, there in (("missing or unreadable files", files),
+                                                   ("unusable document fields", fields)) if there)
+
+
 def originality_sentence(value, found):
     """The submission that decided it, or when original the closest ones, with their numbers."""
     if found is None:
         return "%s (judged before evidence was recorded)" % ("original" if value else "not original")
     thresholds = found["thresholds"]
     left_out = found.get("left_out_total", 0)
-    tail = "; %s left out (%s)" % (plural(left_out, "earlier submission"), "missing or unreadable files") if left_out else ""
+    noun = "submission" if any(entry.get("field") for entry in found.get("left_out") or []) else "earlier submission"
+    tail = "; %s left out (%s)" % (plural(left_out, noun), left_out_causes(found)) if left_out else ""
     if found["compared"] == 0:
         return "original: no earlier submission from another user to compare with" + tail
     if not value:

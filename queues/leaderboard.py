@@ -48,6 +48,7 @@ import logging
 import threading
 import time
 
+from queues.fields import round_number
 from queues.store import PENDING, REV
 
 log = logging.getLogger(__name__)
@@ -60,6 +61,10 @@ WRITE_INTERVAL = 1.0
 WRITE_SHARE = 0.1
 #: The owned fields of an entry, which the writer compares and writes.
 OWNED = ("submission_id", "logloss", "concordant", "original", REV)
+#: Seconds between two reconciliations of a round (a whole read of its entries and submissions).
+RECONCILE_SECONDS = 300.0
+#: A round the writer has not touched for this long is no longer reconciled.
+ACTIVE_SECONDS = 6 * 3600.0
 
 
 def order(doc):
@@ -67,8 +72,14 @@ def order(doc):
 
 
 def shown(doc):
-    """Whether a submission may be what its user's entry shows: it passed dispatch and has a time."""
-    return bool((doc.get("processing") or {}).get("dispatched")) and isinstance(doc.get("created"), datetime.datetime)
+    """Whether a submission may be what its user's entry shows: it passed dispatch and has a time.
+
+    A document whose ``created`` is not a date (the backend's) cannot be
+    ordered, so it is never shown; the user's other submissions are.
+    """
+    processing = doc.get("processing")
+    return (isinstance(processing, dict) and bool(processing.get("dispatched"))
+            and isinstance(doc.get("created"), datetime.datetime))
 
 
 def newest(docs):
@@ -82,7 +93,7 @@ def desired_entry(doc):
             "logloss": {"validation": doc.get("validationLogloss"), "consistency": doc.get("consistency")},
             "concordant": doc.get("concordant") or PENDING,
             "original": doc.get("original") or PENDING,
-            REV: (doc.get("processing") or {}).get("rev", 0)}
+            REV: doc["processing"].get("rev", 0)}
 
 
 def owned(entry):
@@ -111,25 +122,35 @@ class Leaderboard:
     round is known, it asks for the users' submissions by name.
     """
 
-    def __init__(self, store, stop, interval=WRITE_INTERVAL, share=WRITE_SHARE, members=None, clock=time.monotonic):
+    def __init__(self, store, stop, interval=WRITE_INTERVAL, share=WRITE_SHARE, members=None, clock=time.monotonic,
+                 metrics=None, reconcile_seconds=RECONCILE_SECONDS):
         self.store = store
         self.stop = stop
         self.interval = interval
         self.share = share
         self.members = members
         self.clock = clock
+        self.metrics = metrics
+        self.reconcile_seconds = reconcile_seconds
         self._dirty = collections.defaultdict(dict)
         self._changed = threading.Condition()
         self._copies = {}
+        self._active = {}      # round -> clock() of its last touch
+        self._reconciled = {}  # round -> clock() of its last reconciliation
         self.writes = 0
         self.spent = 0.0
 
     def touch(self, competition_id, username, submission_id=None):
-        """Note that ``username``'s entry in round ``competition_id`` may be out of line (``submission_id`` changed)."""
-        if competition_id is None or not username:
+        """Note that ``username``'s entry in round ``competition_id`` may be out of line (``submission_id`` changed).
+
+        A round or user the service cannot use (see :mod:`queues.fields`) has no entry to bring in line.
+        """
+        competition_id = round_number(competition_id)
+        if competition_id is None or not isinstance(username, str) or not username:
             return
         with self._changed:
-            ids = self._dirty[int(competition_id)].setdefault(username, set())
+            self._active.setdefault(competition_id, self.clock())
+            ids = self._dirty[competition_id].setdefault(username, set())
             if submission_id is not None:
                 ids.add(submission_id)
             self._changed.notify()
@@ -150,9 +171,11 @@ class Leaderboard:
         """Write each batch of touched entries until stopped, pacing the writes by their cost."""
         while not self.stop.is_set():
             taken = self.take()
+            started, spent = self.clock(), self.spent
             if taken:
-                started, spent = self.clock(), self.spent
                 self.flush(taken)
+            reconciled = self.reconcile_due()
+            if taken or reconciled:
                 cost = self.spent - spent
                 pause = max(self.interval - (self.clock() - started), cost * (1 - self.share) / self.share)
                 self.stop.wait(pause)
@@ -178,12 +201,13 @@ class Leaderboard:
         docstring); when the conditional write finds the entries changed,
         both are read again once.
         """
+        with self._changed:
+            self._active[competition_id] = self.clock()
         for attempt in range(2):
             copy = self._copy(competition_id)
-            docs = self._submissions(competition_id, users, copy)
+            docs, elsewhere = self._submissions(competition_id, users, copy)
             if self._write(competition_id, users, copy, docs):
-                self._timed(self.store.clear_board_stamps, [(doc["_id"], doc["processing"]["board"]) for doc in docs
-                                                            if (doc.get("processing") or {}).get("board")])
+                self._timed(self.store.clear_board_stamps, stamps(docs + elsewhere))
                 return {}
             self._copies.pop(competition_id, None)
             log.info("round %s: the leaderboard changed under the writer; reading it again", competition_id)
@@ -211,9 +235,16 @@ class Leaderboard:
 
     def _submissions(self, competition_id, users, copy):
         """The touched users' submissions in the round, and whatever their entries show."""
+        """``(docs, elsewhere)``: the touched users' submissions in the round (and whatever their entries
+        show), and submissions read that are no longer in it.
+
+        One that moved to another round is touched there; the stamps of
+        those in no usable round are cleared with the others (they are
+        shown nowhere).
+        """
         known = self.members.user_ids(competition_id, users) if self.members is not None else None
         if known is None:
-            return [doc for doc in self._timed(self.store.board_submissions, competition_id, list(users))]
+            return self._timed(self.store.board_submissions, competition_id, list(users)), []
         ids = set()
         for username, touched in users.items():
             ids.update(known.get(username, ()))
@@ -221,8 +252,16 @@ class Leaderboard:
             position = copy.position.get(username)
             if position is not None and copy.entries[position].get("submission_id") is not None:
                 ids.add(copy.entries[position]["submission_id"])
-        docs = self._timed(self.store.board_docs, list(ids))
-        return [doc for doc in docs if doc.get("competition_id") == competition_id and doc.get("username") in users]
+        docs, elsewhere = [], []
+        for doc in self._timed(self.store.board_docs, list(ids)):
+            where, name = round_number(doc.get("competition_id")), doc.get("username")
+            if where == competition_id and isinstance(name, str) and name in users:
+                docs.append(doc)
+            elif where is not None and where != competition_id and isinstance(name, str):
+                self.touch(where, name, doc["_id"])
+            elif where is None or not isinstance(name, str):
+                elsewhere.append(doc)
+        return docs, elsewhere
 
     # -- the write -------------------------------------------------------------------
     def _write(self, competition_id, users, copy, docs):
@@ -281,6 +320,93 @@ class Leaderboard:
             appended.append(entry)
         return appended
 
+    # -- reconciliation ---------------------------------------------------------------
+    def reconcile_due(self):
+        """Reconcile each active round whose last reconciliation is ``reconcile_seconds`` old; True when one ran."""
+        now = self.clock()
+        with self._changed:
+            active = [cid for cid, last in self._active.items() if now - last < ACTIVE_SECONDS]
+            for cid in [cid for cid, last in self._active.items() if now - last >= ACTIVE_SECONDS]:
+                del self._active[cid]
+                self._reconciled.pop(cid, None)
+        ran = False
+        for competition_id in active:
+            last = self._reconciled.setdefault(competition_id, now)
+            if now - last < self.reconcile_seconds:
+                continue
+            self._reconciled[competition_id] = now
+            ran = True
+            try:
+                self.reconcile(competition_id)
+            except Exception as exc:  # the database may be away: the next pass tries again
+                log.warning("round %s: leaderboard reconciliation failed (%s: %s); next pass in %.0fs",
+                            competition_id, type(exc).__name__, exc, self.reconcile_seconds)
+        return ran
+
+    def reconcile(self, competition_id):
+        """Compare the round's whole leaderboard with its submissions and repair what differs; repairs by reason.
+
+        The repairs: a user with more than one entry keeps the first (one
+        conditional rewrite of the array as read); a user whose newest shown
+        submission has no entry gets one (``missing``); an entry showing
+        another submission (deleted, older, rewritten) moves (``stale``);
+        one showing the right submission with other verdicts is corrected
+        (``verdicts``). Users with a change the writer has not written yet
+        (a stamped submission) are left to it. Entries of users with no
+        submission to show are left as the backend made them.
+        """
+        self._copies.pop(competition_id, None)
+        repairs = collections.Counter()
+        entries = self._timed(self.store.board_entries, competition_id)
+        if entries is not None and self._deduplicate(competition_id, entries):
+            repairs["duplicate"] += 1
+        copy = self._copy(competition_id)
+        docs = self._timed(self.store.round_board_docs, competition_id)
+        pending = {doc.get("username") for doc in docs if (doc.get("processing") or {}).get("board")}
+        by_user = collections.defaultdict(list)
+        for doc in docs:
+            name = doc.get("username")
+            if isinstance(name, str) and name not in pending:
+                by_user[name].append(doc)
+        found = {}
+        for username, mine in by_user.items():
+            target = newest(mine)
+            if target is None:
+                continue
+            position = copy.position.get(username)
+            if position is None:
+                found[username] = "missing"
+            elif copy.entries[position].get("submission_id") != target["_id"]:
+                found[username] = "stale"
+            elif owned(copy.entries[position]) != desired_entry(target):
+                found[username] = "verdicts"
+        if found and self._write(competition_id, {name: set() for name in found}, copy,
+                                 [doc for name in found for doc in by_user[name]]):
+            repairs.update(found.values())
+        elif found:
+            self._copies.pop(competition_id, None)  # changed meanwhile: the next pass looks again
+        for why, count in repairs.items():
+            log.warning("round %s: the leaderboard had %d entr%s out of line (%s); repaired", competition_id, count,
+                        "y" if count == 1 else "ies", why)
+            if self.metrics is not None:
+                self.metrics.leaderboard_repaired(why, count)
+        return repairs
+
+    def _deduplicate(self, competition_id, entries):
+        """Drop every entry of a user after the user's first, if the array is still as read; True when done."""
+        seen, kept = set(), []
+        for entry in entries:
+            name = entry.get("username") if isinstance(entry, dict) else None
+            if isinstance(name, str):
+                if name in seen:
+                    continue
+                seen.add(name)
+            kept.append(entry)
+        if len(kept) == len(entries):
+            return False
+        self.writes += 1
+        return self._timed(self.store.replace_board, competition_id, entries, kept)
+
     @staticmethod
     def _remember(copy, sets, appended):
         """Bring the copy in line with a write that matched."""
@@ -291,3 +417,9 @@ class Leaderboard:
         for entry in appended:
             copy.position.setdefault(entry["username"], len(copy.entries))
             copy.entries.append(dict(entry))
+
+
+def stamps(docs):
+    """``[(oid, stamp)]`` of the documents that carry a leaderboard stamp."""
+    return [(doc["_id"], doc["processing"]["board"]) for doc in docs
+            if isinstance(doc.get("processing"), dict) and doc["processing"].get("board")]

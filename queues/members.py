@@ -31,6 +31,8 @@ import time
 import pymongo.errors
 from bson import ObjectId
 
+from queues import fields
+
 log = logging.getLogger(__name__)
 
 #: The fields of a submission this module keeps (besides ``_id``).
@@ -63,22 +65,46 @@ def member_of(doc):
 
 
 def latest_before(members, username, created):
-    """Everyone else's latest submission created before ``created``, one per other user.
+    """``(latest, left_out)``: everyone else's latest submission created before ``created``, one per
+    other user, and the documents left out because a field cannot be used.
 
-    The latest by ``created``, then ``_id``; documents without a usable
-    ``created`` are never compared.
+    The latest by ``created``, then ``_id``. A document whose ``created``
+    or ``username`` is unusable cannot be placed, so it is left out (and
+    the user's latest usable one is compared); a user's latest document
+    with an unusable ``filename`` is left out too, and an earlier one does
+    not stand in for it, as for a file that cannot be read.
     """
-    latest = {}
+    latest, left_out = {}, []
     for doc in members:
         name = doc.get("username")
-        when = doc.get("created")
-        if name == username or when is None or not when < created:
+        if name == username:
+            continue
+        bad = fields.malformed(doc, ("username", "created"))
+        if bad is not None:
+            left_out.append(left_out_entry(doc, *bad))
+            continue
+        when = doc["created"]
+        if not when < created:
             continue
         mine = latest.get(name)
         if mine is None or (when, doc["_id"]) > (mine["created"], mine["_id"]):
             latest[name] = doc
-    return [{"submission_id": str(doc["_id"]), "username": doc["username"], "filename": doc.get("filename"),
-             "created": doc["created"]} for doc in latest.values()]
+    compared = []
+    for doc in latest.values():
+        bad = fields.malformed(doc, ("filename",))
+        if bad is not None:
+            left_out.append(left_out_entry(doc, *bad))
+        else:
+            compared.append({"submission_id": str(doc["_id"]), "username": doc["username"],
+                             "filename": doc["filename"], "created": doc["created"]})
+    return compared, left_out
+
+
+def left_out_entry(doc, field, why):
+    """How a check's evidence records a document it left out for an unusable field."""
+    name = doc.get("username")
+    return {"submission_id": str(doc["_id"]), "username": name if isinstance(name, str) else None,
+            "field": field, "reason": why}
 
 
 class RoundMembers:
@@ -108,16 +134,21 @@ class RoundMembers:
         self._generation = 0       # counts stream (re)starts: a marker of an earlier one is never seen
         self._demand = threading.Event()  # set when a check needs the stream read now
         self.stats = {"markers": 0, "full_reads": 0, "events": 0}
+        self.once = fields.Once()
 
     # -- checks ------------------------------------------------------------------
     def latest_others(self, competition_id, username, created):
-        """Everyone else's latest submission in the round created before ``created``.
+        """Everyone else's latest submission in the round created before ``created``, and who was left out.
 
-        ``[{submission_id, username, filename, created}]``, exactly what a
-        fresh query at this instant would give.
+        ``([{submission_id, username, filename, created}], [{submission_id,
+        username, field, reason}])``, exactly what a fresh query at this
+        instant would give; each document left out is logged once.
         """
-        members = self._current(competition_id)
-        return latest_before(members, username, created)
+        members = self._current(fields.round_number(competition_id))
+        compared, left_out = latest_before(members, username, created)
+        for entry in left_out:
+            self.once.warn(entry["submission_id"], entry["reason"])
+        return compared, left_out
 
     def user_ids(self, competition_id, usernames):
         """``{username: [ids]}`` of these users' submissions in the round, as the stream last showed them.
@@ -133,8 +164,9 @@ class RoundMembers:
                 return None
             found = {}
             for oid, member in members.items():
-                if member.get("username") in usernames:
-                    found.setdefault(member["username"], []).append(oid)
+                name = member.get("username")
+                if isinstance(name, str) and name in usernames:
+                    found.setdefault(name, []).append(oid)
             return found
 
     def _current(self, competition_id):
@@ -332,7 +364,7 @@ class RoundMembers:
         """Put a member in its round (if that round is loaded), out of any other."""
         with self._cv:
             self._remove_locked(member["_id"])
-            competition_id = member.get("competition_id")
+            competition_id = fields.round_number(member.get("competition_id"))
             if competition_id in self._rounds:
                 self._rounds[competition_id][member["_id"]] = member
                 self._where[member["_id"]] = competition_id
@@ -354,7 +386,7 @@ class RoundMembers:
             competition_id = self._where.get(oid)
             member = dict(self._rounds[competition_id][oid]) if competition_id is not None else None
         if member is None:
-            if "competition_id" not in updated or updated["competition_id"] not in self._rounds:
+            if fields.round_number(updated.get("competition_id")) not in self._rounds:
                 return  # neither in a loaded round before nor after
             found = self.store.round_member(oid)
             if found is not None:

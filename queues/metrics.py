@@ -11,6 +11,8 @@ from queues.pipeline import STAGES
 
 #: Why a round leaves memory: unused for ROUND_IDLE_SECONDS, over ROUND_MEMORY_MB, its dataset replaced.
 EVICTION_REASONS = ("idle", "memory", "replaced")
+#: Why the leaderboard's reconciliation repairs an entry (queues.leaderboard.REPAIRS).
+REPAIR_REASONS = ("missing", "stale", "verdicts", "duplicate")
 #: Stage durations span sub-millisecond checks to first-of-round clustering.
 DURATION_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
 
@@ -88,6 +90,9 @@ class Metrics:
         self.round_evictions = prometheus_client.Counter(
             "criteria_round_evictions", "Rounds dropped from memory, by reason (idle, memory budget, dataset "
             "replaced)", ["reason"], registry=self.registry)
+        self.repairs = prometheus_client.Counter(
+            "criteria_leaderboard_repairs", "Leaderboard entries the reconciliation found out of line and repaired, by "
+            "reason (missing, stale, verdicts, duplicate)", ["reason"], registry=self.registry)
         self.rounds = RoundsCollector()
         self.registry.register(self.rounds)
         for stage in STAGES:
@@ -96,6 +101,8 @@ class Metrics:
             self.round_evictions.labels(why)
         for outcome in ("done", "failed", "retried"):
             self.outcomes.labels(outcome)
+        for why in REPAIR_REASONS:
+            self.repairs.labels(why)
 
     def watch(self, pipeline, supervisor, database=None):
         """Report the pipeline's queues and threads, and ``database()``'s state, at every scrape."""
@@ -107,6 +114,9 @@ class Metrics:
 
     def round_evicted(self, why):
         self.round_evictions.labels(why).inc()
+
+    def leaderboard_repaired(self, why, count=1):
+        self.repairs.labels(why).inc(count)
 
     def thread_added(self, name):
         """Export the thread's restart counter at 0 before any restart."""

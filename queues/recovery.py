@@ -16,6 +16,7 @@ times per lease period, in one write for all of them.
 import logging
 import os
 
+from queues.fields import round_number
 from queues.pipeline import DISPATCH, Job
 
 log = logging.getLogger(__name__)
@@ -71,8 +72,13 @@ class Recovery:
                     log.info("%s: recovered (attempt %s)", sid, claim.doc["processing"].get("attempts"))
                     claimed += 1
         if self.board is not None:
-            for competition_id, username, oid in self.store.stamped(10 * self.batch):
-                self.board.touch(competition_id, username, oid)
+            unshowable = []
+            for competition_id, username, oid, stamp in self.store.stamped(10 * self.batch):
+                if round_number(competition_id) is None or not isinstance(username, str):
+                    unshowable.append((oid, stamp))  # on no leaderboard: nothing to bring in line
+                else:
+                    self.board.touch(competition_id, username, oid)
+            self.store.clear_board_stamps(unshowable)
         return claimed
 
     def loop(self):

@@ -106,6 +106,22 @@ def differences(docs, run):
     return found
 
 
+def rules_used(docs, run):
+    """Every set of rules the run's judgements were made under, once each, in the order first met.
+
+    The process that opened a run records its rules; others that judged in
+    it (a command that joined it, a server that took it over) may have had
+    other ``RULE_*`` values, and each verdict records its own.
+    """
+    found = []
+    for doc in sorted(docs, key=lambda d: d["_id"]):
+        _, _, after_fields = before_after(doc, run)
+        rules = (after_fields.get("provenance") or {}).get("rules")
+        if rules is not None and rules not in found:
+            found.append(rules)
+    return found
+
+
 def word(value):
     if isinstance(value, bool):
         return "true" if value else "false"
@@ -229,7 +245,8 @@ class Rescorer:
         docs = self.store.rescored(competition_id, rid)
         changed = differences(docs, rid)
         summary = {key: run.get(key) for key in ("run", "only", "requested_at", "requested_by", "rules")}
-        summary.update(closed_at=utcnow(), closed_by=self.store.owner, submissions=len(docs), changed=len(changed))
+        summary.update(closed_at=utcnow(), closed_by=self.store.owner, submissions=len(docs), changed=len(changed),
+                       rules_used=rules_used(docs, rid))
         self.driving.discard(competition_id)
         if not self.store.close_rescore(competition_id, rid, summary):
             return False
@@ -329,7 +346,7 @@ def follow(rescorer, competition_id, only=None, period=1.0):
     """
     run, opened = rescorer.request(competition_id, only)
     wanted = sorted(set(only)) if only else None
-    if not opened and wanted is not None and run.get("only") != wanted:
+    if not opened and run.get("only") != wanted:  # joining a run of another scope would report its changes as ours
         raise Busy("round %d is being re-scored already for %s (run %s, requested at %s by %s); wait for it to "
                    "finish, then ask again" % (competition_id, "%d listed submissions" % len(run["only"])
                                               if run.get("only") else "every submission", run["run"],
@@ -373,6 +390,9 @@ def report(result, out, as_json=False):
     what = ("dry run of a re-score of round %s (nothing written)" % result["competition_id"] if result.get("dry_run")
             else "re-score %s of round %s" % (result["run"], result.get("competition_id")))
     out.write("%s: %d submissions judged again, %d changed\n" % (what, result["submissions"], result["changed"]))
-    out.write("rules: %s\n" % rules_line(result.get("rules")))
+    used = result.get("rules_used") or [result.get("rules")]
+    for number, rules in enumerate(used):
+        out.write("%s: %s\n" % ("rules" if len(used) == 1 else "rules (%d of %d)" % (number + 1, len(used)),
+                                  rules_line(rules)))
     for entry in result["changes"]:
         out.write("  %s\n" % describe(entry))

@@ -28,7 +28,10 @@ import logging
 import os
 import socket
 
+import pymongo.errors
 from bson import ObjectId
+
+from queues.fields import shown
 
 log = logging.getLogger(__name__)
 
@@ -71,6 +74,15 @@ def utcnow():
 def owner_name(port=0):
     """Who holds a lease: host, port and process id, so a restart can tell its own dead leases."""
     return "%s:%s:%d" % (socket.gethostname(), port, os.getpid())
+
+
+def hashable(value):
+    """``value``, or its repr when it cannot be a set member (a backend's list or object)."""
+    try:
+        hash(value)
+    except TypeError:
+        return repr(value)
+    return value
 
 
 def owner_prefix(owner):
@@ -156,17 +168,16 @@ class Store:
         oids = [ObjectId(sid) for sid in submission_ids]
         unique = list(dict.fromkeys(oids))
         now = utcnow()
-        moved = self.submissions.update_many(
-            {"_id": {"$in": unique}, "processing.state": {"$nin": list(ACTIVE)}},
-            {"$set": {"processing.state": QUEUED, "processing.queued_at": now, "processing.updated_at": now,
-                      "processing.attempts": 1, "processing.error": None, "processing.lease": self._lease(token, now)},
-             "$inc": {"processing.fence": 1}},
-        ).modified_count
+        try:
+            moved = self.submissions.update_many({"_id": {"$in": unique}, "processing.state": {"$nin": list(ACTIVE)}},
+                                                 self._accepting(token, now)).modified_count
+        except pymongo.errors.WriteError:  # a 'processing' that is not an object stopped it part-way
+            moved = None
         if moved == len(unique):  # the usual case: every id was new to the pipeline
             found = dict.fromkeys(unique, True)
         else:
-            found = {doc["_id"]: ((doc.get("processing") or {}).get("lease") or {}).get("token") == token
-                     for doc in self.submissions.find({"_id": {"$in": unique}}, {"processing.lease.token": 1})}
+            found = {doc["_id"]: self._accepted_one(doc, token, now, retry=moved is None)
+                     for doc in self.submissions.find({"_id": {"$in": unique}}, {"processing": 1})}
         answers, seen = [], set()
         for oid in oids:
             if oid not in found:
@@ -177,6 +188,41 @@ class Store:
                 answers.append("already")
             seen.add(oid)
         return answers
+
+    def _accepting(self, token, now):
+        """The acceptance's update: queued and leased to ``token``.
+
+        The error of a judgement it replaces (a re-POST) stays until the
+        next transition keeps that judgement in ``history`` whole (the
+        status reports an error only for a failed submission).
+        """
+        return {"$set": {"processing.state": QUEUED, "processing.queued_at": now, "processing.updated_at": now,
+                         "processing.attempts": 1, "processing.lease": self._lease(token, now)},
+                "$inc": {"processing.fence": 1}}
+
+    def _accepted_one(self, doc, token, now, retry):
+        """Whether this call queued ``doc`` (read back after a batch that did not move every id).
+
+        A ``processing`` that is not an object (``null``, text: the backend's)
+        cannot take the batch's dotted update and stops it; it is the
+        service's own field, so it is replaced whole, conditioned on the
+        value read. After such a stop (``retry``), each document the batch did
+        not reach is accepted on its own.
+        """
+        processing = doc.get("processing")
+        if "processing" in doc and not isinstance(processing, dict):
+            log.warning("%s: processing was %s, not an object; replaced (the field is the service's own)",
+                        doc["_id"], shown(processing))
+            fresh = {"state": QUEUED, "queued_at": now, "updated_at": now, "attempts": 1,
+                     "lease": self._lease(token, now), "fence": 1}
+            return bool(self.submissions.update_one({"_id": doc["_id"], "processing": processing},
+                                                    {"$set": {"processing": fresh}}).modified_count)
+        if ((processing or {}).get("lease") or {}).get("token") == token:
+            return True
+        if retry and (processing or {}).get("state") not in ACTIVE:
+            return bool(self.submissions.update_one({"_id": doc["_id"], "processing.state": {"$nin": list(ACTIVE)}},
+                                                    self._accepting(token, now)).modified_count)
+        return False
 
     def get(self, submission_id):
         """The submission document, or None."""
@@ -282,12 +328,39 @@ class Store:
         update = {"$set": fields, "$inc": {"processing.rev": 1}}
         if unset:
             update["$unset"] = dict.fromkeys(unset, "")
+        replaced = self._replaced(claim)
+        if replaced is not None:  # the same entry whatever the retry: $addToSet keeps it once
+            update["$addToSet"] = {"history": replaced}
         if self.submissions.update_one(self._held(claim), update).matched_count:
             return
         settling = "processing.settled_by" in fields
         if settling and self.submissions.find_one({"_id": claim.oid, "processing.settled_by": claim.token}, {"_id": 1}):
             return
         raise LeaseLost("%s: the lease was taken over; this worker's result is dropped" % claim.submission_id)
+
+    @staticmethod
+    def _replaced(claim):
+        """The judgement a re-POST replaces, for ``history``, when this is the claim's first transition.
+
+        A submission accepted again after it was settled still holds its
+        last judgement (verdicts, consistency, error, evidence,
+        provenance); the first transition of the new claim keeps it, in the
+        same write, as a re-score does, unless a re-score already kept it
+        (its history ends with that judgement). None otherwise.
+        """
+        doc = claim.doc
+        processing = doc.get("processing") or {}
+        finished = processing.get("finished_at")
+        if processing.get("state") != QUEUED or finished is None:
+            return None
+        history = doc.get("history") or []
+        if history and isinstance(history[-1], dict) and history[-1].get("finished_at") == finished:
+            return None
+        kept = {field: doc[field] for field in JUDGED_FIELDS if field in doc}
+        error = processing.get("error")
+        kept.update(run=None, state=FAILED if error else DONE, error=error, finished_at=finished,
+                    replaced_at=processing.get("queued_at"))
+        return kept
 
     def dispatched(self, claim, consistency, logloss, evidence=None):
         """QUEUED -> SCORING: consistency, logloss where the backend gave none, both checks pending.
@@ -296,7 +369,7 @@ class Store:
         """
         now = utcnow()
         fields = dict(evidence or {})
-        fields.update({"consistency": consistency, "concordant": PENDING, "original": PENDING,
+        fields.update({"consistency": consistency, "concordant": PENDING, "original": PENDING, "processing.error": None,
                        "processing.state": SCORING, "processing.dispatched": True, "processing.dispatched_at": now,
                        "processing.updated_at": now, "processing.board": ObjectId(),
                        "processing.lease.expires": now + datetime.timedelta(seconds=self.lease_seconds)})
@@ -484,6 +557,10 @@ class Store:
         return list(self.submissions.find(
             {"competition_id": int(competition_id), "username": {"$in": list(usernames)}}, BOARD_FIELDS))
 
+    def round_board_docs(self, competition_id):
+        """Every submission of the round, with what the leaderboard shows of it (the reconciliation's read)."""
+        return list(self.submissions.find({"competition_id": int(competition_id)}, BOARD_FIELDS))
+
     def board_docs(self, oids):
         """These submissions (by ``_id``), with what the leaderboard shows of them."""
         if not oids:
@@ -500,6 +577,11 @@ class Store:
 
     def ensure_competition(self, competition_id):
         self.competitions.update_one({"_id": int(competition_id)}, {"$setOnInsert": {"leaderboard": []}}, upsert=True)
+
+    def replace_board(self, competition_id, entries, replacement):
+        """Replace the round's whole leaderboard, only if it is still exactly ``entries``; True when it was."""
+        return bool(self.competitions.update_one({"_id": int(competition_id), "leaderboard": entries},
+                                                 {"$set": {"leaderboard": replacement}}).matched_count)
 
     def write_board(self, competition_id, conditions, sets):
         """One conditional ``$set`` on the round's competition document; True when it matched."""
@@ -527,10 +609,15 @@ class Store:
                 {"$unset": {"processing.board": ""}})
 
     def stamped(self, limit):
-        """``(competition_id, username, _id)`` of submissions whose leaderboard change is not yet confirmed."""
-        found = self.submissions.find({"processing.board": {"$exists": True}}, {"competition_id": 1, "username": 1}).limit(limit)
-        return {(doc["competition_id"], doc["username"], doc["_id"]) for doc in found
-                if doc.get("competition_id") is not None and doc.get("username")}
+        """``{(competition_id, username, _id, stamp)}`` of submissions whose leaderboard change is not yet confirmed.
+
+        The round and user are as the document holds them, whatever their
+        type (the caller decides what an unusable one means).
+        """
+        found = self.submissions.find({"processing.board": {"$exists": True}},
+                                      {"competition_id": 1, "username": 1, "processing.board": 1}).limit(limit)
+        return {(hashable(doc.get("competition_id")), hashable(doc.get("username")), doc["_id"],
+                 doc["processing"]["board"]) for doc in found}
 
     def ensure_indexes(self):
         """Indexes for the recovery sweep, the leaderboard and originality's round query."""

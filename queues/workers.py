@@ -15,8 +15,9 @@ import queue
 import random
 import time
 
-from queues.errors import (PERMANENT, LateFile, MissingSubmission, is_misconfiguration, is_transient, misconfiguration,
-                           reason)
+from queues import fields
+from queues.errors import (PERMANENT, LateFile, MalformedSubmission, MissingSubmission, is_misconfiguration, is_transient,
+                           misconfiguration, reason)
 from queues.explain import named_originality
 from queues.pipeline import CONCORDANCE, DISPATCH, ORIGINALITY, Job, Verdicts
 from queues.provenance import Provenance
@@ -33,7 +34,6 @@ BACKOFF_CAP = 15.0
 #: ... for this many attempts; after that the recovery sweep takes over.
 MAX_ATTEMPTS = 8
 INTERNAL_ERROR = "internal error while judging this submission; the operators have been alerted (%s)"
-REQUIRED_FIELDS = ("username", "competition_id", "filename", "created")
 
 
 def backoff(attempt):
@@ -42,12 +42,12 @@ def backoff(attempt):
 
 
 def check_document(doc, submission_id):
-    """Raise a permanent error unless the document has what judging needs."""
+    """Raise a permanent error, naming the field and what it holds, unless the document has what judging needs."""
     if doc is None:
         raise MissingSubmission("submission %s no longer exists" % submission_id)
-    missing = [field for field in REQUIRED_FIELDS if doc.get(field) in (None, "")]
-    if missing:
-        raise MissingSubmission("the submission document lacks %s" % ", ".join(missing))
+    bad = fields.malformed(doc)
+    if bad is not None:
+        raise MalformedSubmission("the submission document cannot be judged: %s" % bad[1])
     return doc
 
 
@@ -315,9 +315,10 @@ class OriginalityWorker(CheckWorker):
 
     def judge(self, job, doc, rnd):
         values = self.predictions(job, rnd)
-        others = self.members.latest_others(doc["competition_id"], doc["username"], doc["created"])
+        others, malformed = self.members.latest_others(doc["competition_id"], doc["username"], doc["created"])
         # its verdict is is_original's, exactly, over the submissions that counted
         found, left_out = self.rounds.compare(rnd, job.submission_id, values, others, self.rules)
+        left_out = malformed + left_out
         self.rounds.prepare(rnd, job.submission_id, doc["username"], doc["filename"], values)
         log.info("%s: compared with %d other submissions, %d left out", job.submission_id, found["compared"],
                  len(left_out))

@@ -41,13 +41,14 @@ def old_id(when):
 
 
 def fresh(db, username, created, competition_id=ROUND):
-    """What a plain query of the round answers right now."""
+    """What a plain query of the round answers right now: (compared, left out)."""
     docs = list(db.submissions.find({"competition_id": competition_id}))
-    return sorted(latest_before(docs, username, created), key=lambda o: o["submission_id"])
+    return tuple(sorted(found, key=lambda o: o["submission_id"]) for found in latest_before(docs, username, created))
 
 
 def answer(members, username, created, competition_id=ROUND):
-    return sorted(members.latest_others(competition_id, username, created), key=lambda o: o["submission_id"])
+    return tuple(sorted(found, key=lambda o: o["submission_id"])
+                 for found in members.latest_others(competition_id, username, created))
 
 
 def wait_for(predicate, what, timeout=20.0):
@@ -79,21 +80,47 @@ class Following:
 
 
 # -- the rule itself --------------------------------------------------------------------
+def doc_of(username, created, **fields):
+    return {"_id": ObjectId(), "username": username, "filename": "%s.csv" % username, "created": created, **fields}
+
+
 def test_latest_before_takes_each_other_users_latest_earlier_submission():
-    docs = [{"_id": ObjectId(), "username": "bob", "created": at(1)},
-            {"_id": ObjectId(), "username": "bob", "created": at(2)},
-            {"_id": ObjectId(), "username": "carol", "created": at(5)},   # after the candidate
-            {"_id": ObjectId(), "username": "alice", "created": at(1)},   # the candidate's own user
-            {"_id": ObjectId(), "username": "dave", "created": None}]     # no time: never compared
-    found = latest_before(docs, "alice", at(3))
-    assert [o["submission_id"] for o in found] == [str(docs[1]["_id"])]
+    docs = [doc_of("bob", at(1)), doc_of("bob", at(2)),
+            doc_of("carol", at(5)),   # after the candidate
+            doc_of("alice", at(1)),   # the candidate's own user
+            doc_of("dave", None)]     # no time: never compared, and said so
+    compared, left_out = latest_before(docs, "alice", at(3))
+    assert [o["submission_id"] for o in compared] == [str(docs[1]["_id"])]
+    assert left_out == [{"submission_id": str(docs[4]["_id"]), "username": "dave", "field": "created",
+                         "reason": "created is null"}]
 
 
 def test_latest_before_breaks_equal_created_times_by_id_and_is_strict():
     ids = sorted(ObjectId() for _ in range(3))
-    docs = [{"_id": oid, "username": "bob", "created": T0} for oid in ids]
-    assert [o["submission_id"] for o in latest_before(docs, "alice", at(1))] == [str(ids[-1])]
-    assert latest_before(docs, "alice", T0) == []  # the same instant is not earlier
+    docs = [{"_id": oid, "username": "bob", "filename": "b.csv", "created": T0} for oid in ids]
+    assert [o["submission_id"] for o in latest_before(docs, "alice", at(1))[0]] == [str(ids[-1])]
+    assert latest_before(docs, "alice", T0) == ([], [])  # the same instant is not earlier
+
+
+def test_a_document_whose_fields_cannot_be_used_is_left_out_saying_which_and_why():
+    text_time = doc_of("bob", "2017-03-20T09:00:00Z")
+    number_time = doc_of("carol", 1490000000)
+    nameless = doc_of(None, at(1))
+    listed = doc_of(["x"], at(1))
+    bad_file = doc_of("dave", at(2), filename=7)
+    dave_before = doc_of("dave", at(1))  # dave's latest cannot be read: the earlier one does not stand in
+    erin = doc_of("erin", at(1))
+    erin_bad_time = doc_of("erin", None)  # can't be placed: erin's usable latest is compared
+    compared, left_out = latest_before([text_time, number_time, nameless, listed, bad_file, dave_before, erin,
+                                        erin_bad_time, doc_of("alice", "junk")], "alice", at(3))
+    assert [o["username"] for o in compared] == ["erin"]
+    assert {(o["submission_id"], o["field"], o["reason"]) for o in left_out} == {
+        (str(text_time["_id"]), "created", "created is the text '2017-03-20T09:00:00Z', not a date"),
+        (str(number_time["_id"]), "created", "created is the number 1490000000, not a date"),
+        (str(nameless["_id"]), "username", "username is null"),
+        (str(listed["_id"]), "username", "username is a list, not text"),
+        (str(bad_file["_id"]), "filename", "filename is the number 7, not text"),
+        (str(erin_bad_time["_id"]), "created", "created is null")}
 
 
 # -- the fallback: no change streams ------------------------------------------------------
@@ -123,7 +150,7 @@ def test_a_round_is_read_once_then_each_check_costs_one_marker(real_store, real_
     add(real_db, "dave", at(1), competition_id=ROUND + 1)
     with Following(real_store) as members:
         found = answer(members, "alice", at(3))
-        assert [o["submission_id"] for o in found] == [str(newest_bob)]
+        assert [o["submission_id"] for o in found[0]] == [str(newest_bob)]
         assert found == fresh(real_db, "alice", at(3))
         for _ in range(3):
             assert answer(members, "alice", at(3)) == found
@@ -206,7 +233,7 @@ def test_a_stream_cut_mid_round_is_reopened_and_the_round_read_again(real_store,
         wait_for(lambda: store.opened == 2 and members.feed == STREAM, "the stream to be reopened")
         add(real_db, "dave", at(2))
         assert answer(members, "alice", at(3)) == fresh(real_db, "alice", at(3))
-        assert {o["username"] for o in answer(members, "alice", at(3))} == {"carol", "dave"}
+        assert {o["username"] for o in answer(members, "alice", at(3))[0]} == {"carol", "dave"}
         assert members.stats["full_reads"] == 2
 
 

@@ -56,7 +56,7 @@ def test_accept_queues_and_leases_new_ids_and_tells_the_rest_apart(store, db):
     assert processing["state"] == QUEUED
     assert processing["lease"]["token"] == token and processing["lease"]["owner"] == store.owner
     assert processing["lease"]["expires"] > utcnow()
-    assert processing["attempts"] == 1 and processing["error"] is None
+    assert processing["attempts"] == 1 and processing.get("error") is None
     assert store.get(busy)["processing"]["lease"]["token"] != token  # not re-leased
 
 
@@ -69,12 +69,23 @@ def test_a_settled_submission_is_queued_again(store, db, settle):
         store.judged(claim, {"concordant": True, "original": True})
     else:
         store.failed(claim, "broken file")
-    fence = store.get(sid)["processing"]["fence"]
+    before = store.get(sid)
     token = ObjectId()
     assert store.accept_many([sid], token) == ["queued"]
     processing = store.get(sid)["processing"]
-    assert processing["state"] == QUEUED and processing["error"] is None and processing["lease"]["token"] == token
-    assert processing["fence"] == fence + 1
+    assert processing["state"] == QUEUED and processing["lease"]["token"] == token
+    assert processing["fence"] == before["processing"]["fence"] + 1
+    # the next transition keeps the judgement the re-POST replaces, as a re-score does, in the same write
+    again = store.claim(sid, token=token)
+    store.dispatched(again, 60.0, 0.68)
+    after = store.get(sid)
+    assert after["processing"]["error"] is None and after["consistency"] == 60.0
+    (kept,) = after["history"]
+    assert kept["run"] is None and kept["state"] == settle and kept["replaced_at"] == processing["queued_at"]
+    assert kept["finished_at"] == before["processing"]["finished_at"]
+    assert kept["error"] == (None if settle == "done" else "broken file")
+    for field in ("consistency", "concordant", "original"):
+        assert kept.get(field) == before.get(field)
 
 
 # -- leases -----------------------------------------------------------------------
@@ -252,7 +263,7 @@ def test_board_stamps_are_cleared_only_when_unchanged(store, db):
     claim = claimed(store, sid)
     store.dispatched(claim, 50.0, 0.69)
     old = store.get(sid)["processing"]["board"]
-    assert store.stamped(10) == {(ROUND, "alice", ObjectId(sid))}
+    assert store.stamped(10) == {(ROUND, "alice", ObjectId(sid), store.get(sid)["processing"]["board"])}
     store.judged(claim, {"concordant": True, "original": True})
     store.clear_board_stamps([(ObjectId(sid), old)])
     assert "board" in store.get(sid)["processing"]  # re-stamped since: kept

@@ -132,7 +132,7 @@ def expected_verdicts(rounds, store, sid, rules):
     valid = t.validation
     groups = concordance.cluster_groups(rounds._labels(rnd), t.data_types)
     others = [rounds.predictions(rnd, o["username"], o["filename"])
-              for o in RoundMembers(store).latest_others(ROUND, doc["username"], doc["created"])]
+              for o in RoundMembers(store).latest_others(ROUND, doc["username"], doc["created"])[0]]
     return {
         "consistency": consistency.consistency(t.eras[valid], t.targets[valid], values[valid], rules),
         "logloss": consistency.logloss(t.targets[valid], values[valid]),
@@ -192,15 +192,20 @@ def test_scoring_twice_leaves_the_same_documents(submit, store, pipeline, stages
     score(store, pipeline, stages, *ids)
 
     def snapshot():
-        docs = [{k: v for k, v in store.get(sid).items() if k != "processing"} for sid in ids]
+        docs = [{k: v for k, v in store.get(sid).items() if k not in ("processing", "history")} for sid in ids]
         for doc in docs:
             doc["provenance"].pop("judged_at")  # the one thing meant to change
         return docs, store.competitions.find_one({"_id": ROUND})
 
-    before = snapshot()
+    before, judged = snapshot(), [store.get(sid) for sid in ids]
     assert {outcome for *_, outcome in score(store, pipeline, stages, *ids)} == {"ok"}
     assert snapshot() == before
     assert all(store.get(sid)["processing"]["state"] == DONE for sid in ids)
+    for sid, first in zip(ids, judged):  # the first judgement is kept, not overwritten without a trace
+        (kept,) = store.get(sid)["history"]
+        assert kept["state"] == DONE and kept["run"] is None
+        assert (kept["evidence"], kept["provenance"], kept["original"]) == (first["evidence"], first["provenance"],
+                                                                            first["original"])
 
 
 BROKEN = [
@@ -261,7 +266,7 @@ def test_missing_file_and_missing_round_fail_with_reasons(submit, store, pipelin
     score(store, pipeline, stages, no_file, no_round, no_user)
     assert "not in storage" in store.get(no_file)["original"]["error"]
     assert "no dataset" in store.get(no_round)["concordant"]["error"]
-    assert "lacks filename" in store.get(no_user)["processing"]["error"]
+    assert "filename is null" in store.get(no_user)["processing"]["error"]
     assert all(store.get(s)["processing"]["state"] == "failed" for s in (no_file, no_round, no_user))
 
 
@@ -646,7 +651,7 @@ def test_a_failure_under_a_lost_lease_is_not_recorded(submit, store, db, pipelin
     assert drain(pipeline, stages) == [(DISPATCH, sid, "lost")]
     doc = store.get(sid)
     assert doc["processing"]["state"] == QUEUED and doc["processing"]["lease"]["owner"] == OTHER
-    assert "concordant" not in doc and doc["processing"]["error"] is None
+    assert "concordant" not in doc and doc["processing"].get("error") is None
     assert metrics.outcomes.labels("failed")._value.get() == 0
 
 
@@ -683,7 +688,7 @@ def test_a_database_misconfiguration_defers_once_without_failing(submit, store, 
     assert dispatcher.run(Job(sid, token=token)) == "deferred"
     assert rejecting.calls == 1  # not retried in a loop: the recovery sweep comes back later
     doc = store.get(sid)
-    assert doc["processing"]["state"] == "queued" and doc["processing"]["error"] is None
+    assert doc["processing"]["state"] == "queued" and doc["processing"].get("error") is None
     assert metrics.outcomes.labels("failed")._value.get() == 0
     assert metrics.outcomes.labels("retried")._value.get() == 0
     line = [record.getMessage() for record in caplog.records if record.levelname == "ERROR"]
@@ -725,7 +730,7 @@ def test_every_verdict_is_written_with_its_evidence_and_provenance(
         assert found["consistency"]["consistency"] == doc["consistency"]
         assert found["concordance"] == concordance.concordance_evidence(groups, values, rules)
         assert found["concordance"]["concordant"] is doc["concordant"]["value"]
-        others = RoundMembers(store).latest_others(ROUND, doc["username"], doc["created"])
+        others, _ = RoundMembers(store).latest_others(ROUND, doc["username"], doc["created"])
         readable = [o for o in others if o["username"] != "mallory"]
         plain = evidence.originality_evidence(
             values, [(o["submission_id"], rounds.predictions(rnd, o["username"], o["filename"])) for o in readable], rules)
