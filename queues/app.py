@@ -352,6 +352,7 @@ def create_app(store, pipeline, config, supervisor, metrics, rounds=None, rescor
 
     @app.post("/")
     def submit():
+        pipeline.arrived()  # judging waits while submissions keep arriving; GETs (pollers) do not hold it up
         body = read_body()
         given = body.get("api_key")
         check_key(request.headers.get("X-API-Key") if given is None else given, config.api_key,

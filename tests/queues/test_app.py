@@ -286,6 +286,21 @@ def test_a_repeat_of_a_submission_in_flight_needs_no_database_round_trip(store, 
     assert counting.accepts == 2
 
 
+def test_posts_make_judging_give_way_but_reads_do_not(client, submit, model, pipeline, monkeypatch):
+    """Every POST / is the intake's work, a refused one too: judging waits while they keep coming.
+    A client polling GET /submissions/<id> waits for that judging, so reads must not hold it up."""
+    arrivals = []
+    monkeypatch.setattr(pipeline, "arrived", lambda: arrivals.append("POST"))
+    sid = submit("zuz", model(1))
+    assert post(client, submission_id=sid, api_key=API_KEY).status_code == 202
+    assert post(client, submission_id=sid, api_key="wrong").status_code == 401
+    assert arrivals == ["POST", "POST"]
+    assert client.get("/submissions/" + sid, headers={"X-API-Key": API_KEY}).status_code == 200
+    client.get("/health")
+    client.get("/metrics")
+    assert arrivals == ["POST", "POST"]
+
+
 def test_no_name_in_the_app_shadows_a_werkzeug_exception():
     """``BadRequest`` meant Werkzeug's 400 everywhere but here, where it also carried 401s and 404s."""
     import werkzeug.exceptions
