@@ -364,8 +364,11 @@ def create_app(store, pipeline, config, supervisor, metrics, rounds=None, rescor
 
     @app.post("/")
     def submit():
-        pipeline.arrived()  # judging waits while submissions keep arriving; GETs (pollers) do not hold it up
-        body = read_body()
+        with pipeline.intake:  # judging gives way to POSTs in progress; GETs (pollers) do not hold it up
+            return take(read_body())
+
+    def take(body):
+        """Check a POST / body, record its submission as queued (unless it is already), answer 202."""
         given = body.get("api_key")
         check_key(request.headers.get("X-API-Key") if given is None else given, config.api_key,
                   KEY_IN_BODY, config.local)

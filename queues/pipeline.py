@@ -22,10 +22,42 @@ import numpy as np
 #: The stages, by one name each: dispatch (consistency, logloss, leaderboard) then the two checks.
 DISPATCH, CONCORDANCE, ORIGINALITY = "dispatch", "concordance", "originality"
 STAGES = (DISPATCH, CONCORDANCE, ORIGINALITY)
-#: The intake counts as busy until this long after a request arrived ...
+#: The intake counts as busy while a request is in progress and for this long after ...
 QUIET_SECONDS = 0.05
 #: ... and while it is, a pipeline thread waits up to this long before each job.
 GIVE_WAY_SECONDS = 2.0
+
+
+class Intake:
+    """How busy the HTTP intake is, for :meth:`Pipeline.give_way`: its requests in progress
+    and when the last one ended.
+
+    The intake wraps each request in ``with pipeline.intake:``; a plain
+    class rather than ``contextlib`` because it runs on every request.
+    Requests in progress count, not only arrivals: while a batch waits
+    for the database nothing new arrives, yet the intake is not done.
+    """
+
+    def __init__(self, clock):
+        self.clock = clock
+        self.in_progress = 0
+        self.ended = -math.inf
+        self._lock = threading.Lock()
+
+    def __enter__(self):
+        with self._lock:
+            self.in_progress += 1
+
+    def __exit__(self, *exc_info):
+        with self._lock:
+            self.in_progress -= 1
+            self.ended = self.clock()
+
+    def quiet_in(self):
+        """Seconds until the intake counts as quiet, 0 or less when it does (QUIET_SECONDS while busy)."""
+        if self.in_progress:
+            return QUIET_SECONDS
+        return self.ended + QUIET_SECONDS - self.clock()
 
 
 class Verdicts:
@@ -93,6 +125,7 @@ class Pipeline:
     """Queues by stage plus the jobs in flight at each.
 
     ``clock`` (seconds, monotonic) times :meth:`give_way`; tests give a fake one.
+    ``intake`` is what the HTTP intake marks its requests with.
     """
 
     def __init__(self, stop=None, clock=time.monotonic):
@@ -101,15 +134,7 @@ class Pipeline:
         self._in_flight = {stage: {} for stage in STAGES}
         self._lock = threading.Lock()
         self.clock = clock
-        self._arrived = -math.inf  # when the intake last took a request
-
-    def arrived(self):
-        """The intake took a request: pipeline threads give way to it for a while (see :meth:`give_way`).
-
-        One assignment, no lock: it runs on every request, and a reader
-        seeing the previous arrival only waits a little less.
-        """
-        self._arrived = self.clock()
+        self.intake = Intake(clock)
 
     def give_way(self):
         """Before a job: wait while the intake is busy, at most GIVE_WAY_SECONDS, or until stop.
@@ -124,7 +149,7 @@ class Pipeline:
         """
         deadline = self.clock() + GIVE_WAY_SECONDS
         while True:
-            left = min(self._arrived + QUIET_SECONDS, deadline) - self.clock()
+            left = min(self.intake.quiet_in(), deadline - self.clock())
             if left <= 0 or self.stop.wait(left):
                 return
 

@@ -298,19 +298,33 @@ def test_a_repeat_of_a_submission_in_flight_needs_no_database_round_trip(store, 
     assert counting.accepts == 2
 
 
+class Requests:
+    """Stands in for the pipeline's intake marker: records each request it wraps."""
+
+    def __init__(self):
+        self.started = self.ended = 0
+
+    def __enter__(self):
+        self.started += 1
+
+    def __exit__(self, *exc_info):
+        self.ended += 1
+
+
 def test_posts_make_judging_give_way_but_reads_do_not(client, submit, model, pipeline, monkeypatch):
-    """Every POST / is the intake's work, a refused one too: judging waits while they keep coming.
+    """Every POST / is the intake's work, a refused one too: judging waits while one is in progress.
     A client polling GET /submissions/<id> waits for that judging, so reads must not hold it up."""
-    arrivals = []
-    monkeypatch.setattr(pipeline, "arrived", lambda: arrivals.append("POST"))
+    marked = Requests()
+    monkeypatch.setattr(pipeline, "intake", marked)
     sid = submit("zuz", model(1))
     assert post(client, submission_id=sid, api_key=API_KEY).status_code == 202
     assert post(client, submission_id=sid, api_key="wrong").status_code == 401
-    assert arrivals == ["POST", "POST"]
+    assert client.post("/", data=b"[1]", content_type="application/json").status_code == 400
+    assert (marked.started, marked.ended) == (3, 3)
     assert client.get("/submissions/" + sid, headers={"X-API-Key": API_KEY}).status_code == 200
     client.get("/health")
     client.get("/metrics")
-    assert arrivals == ["POST", "POST"]
+    assert (marked.started, marked.ended) == (3, 3)
 
 
 def test_no_name_in_the_app_shadows_a_werkzeug_exception():

@@ -256,8 +256,14 @@ def test_with_no_request_the_pipeline_does_not_wait(timed, clock):
     assert clock.waits == []
 
 
+def request(pipeline):
+    """One whole intake request, as the app wraps it."""
+    with pipeline.intake:
+        pass
+
+
 def test_a_request_makes_the_pipeline_wait_until_the_intake_has_been_quiet(timed, clock):
-    timed.arrived()
+    request(timed)
     clock.now += 0.01
     timed.give_way()
     assert sum(clock.waits) == pytest.approx(QUIET_SECONDS - 0.01)
@@ -267,23 +273,41 @@ def test_a_request_makes_the_pipeline_wait_until_the_intake_has_been_quiet(timed
     assert clock.waits == []
 
 
-def test_while_requests_keep_arriving_the_pipeline_waits_at_most_give_way_seconds(timed, clock):
-    timed.arrived()
-    clock.during_wait = timed.arrived  # a request arrives during every wait: the intake is never quiet
+def test_a_request_in_progress_keeps_the_intake_busy_however_long_it_takes(timed, clock):
+    """A batch waiting for the database: nothing new arrives, but the intake is not done."""
+    with timed.intake:
+        started = clock.now
+        timed.give_way()
+        assert clock.now - started == pytest.approx(GIVE_WAY_SECONDS)
+        assert len(clock.waits) > 1 and max(clock.waits) <= QUIET_SECONDS  # it looks again every QUIET_SECONDS
+    clock.waits.clear()
+    timed.give_way()  # it ended just now: quiet only QUIET_SECONDS later
+    assert sum(clock.waits) == pytest.approx(QUIET_SECONDS)
+
+
+def test_while_requests_keep_coming_the_pipeline_waits_at_most_give_way_seconds(timed, clock):
+    request(timed)
+    clock.during_wait = lambda: request(timed)  # a request during every wait: the intake is never quiet
     started = clock.now
     timed.give_way()
     assert clock.now - started == pytest.approx(GIVE_WAY_SECONDS)
-    assert len(clock.waits) > 1 and max(clock.waits) <= QUIET_SECONDS  # it looks again after each quiet period
+
+
+def test_requests_that_fail_still_end(timed, clock):
+    with pytest.raises(ValueError):
+        with timed.intake:
+            raise ValueError("a refused request")
+    clock.now += QUIET_SECONDS
+    timed.give_way()
+    assert clock.waits == []
 
 
 def test_stopping_ends_the_wait_at_once(timed, clock):
-    timed.arrived()
-
     def stop_meanwhile():  # the intake is still busy, but the server is stopping
-        timed.arrived()
         clock.set()
     clock.during_wait = stop_meanwhile
-    timed.give_way()
+    with timed.intake:
+        timed.give_way()
     assert len(clock.waits) == 1
 
 
