@@ -91,19 +91,26 @@ def wait_until_serving(port, process, bare, timeout=120):
     raise BenchmarkError("intake server did not come up")
 
 
-def measure(port, args):
-    """Drive the load from another process; returns summary figures."""
+def measure(port, args, judged=False):
+    """Drive the load from another process; returns summary figures.
+
+    ``judged``: also count the judgements made by the end of the load,
+    read before the load's process is even shut down (judging resumes
+    at full speed as soon as the requests stop).
+    """
     bodies = [json.dumps({"submission_id": sid, "api_key": intake_server.API_KEY}).encode()
               for sid in intake_server.submission_ids(args.submissions)]
     context = multiprocessing.get_context("spawn")
     with concurrent.futures.ProcessPoolExecutor(1, mp_context=context) as pool:
         samples, elapsed = pool.submit(load.run_load, "127.0.0.1", port, bodies, args.clients, args.seconds).result()
+        judgements = judged_so_far(port) if judged else None
     statuses = np.array([status for status, _ in samples])
     latencies = np.array([latency for _, latency in samples]) * 1e3
     accepted = int((statuses == 202).sum())
     return {"rps": round(accepted / elapsed, 1), "requests": len(samples), "non_202": int((statuses != 202).sum()),
             "server_errors": int((statuses >= 500).sum()), "p50_ms": round(float(np.percentile(latencies, 50)), 2),
-            "p99_ms": round(float(np.percentile(latencies, 99)), 2), "median": float(np.median(latencies))}
+            "p99_ms": round(float(np.percentile(latencies, 99)), 2), "median": float(np.median(latencies)),
+            "judged": judgements}
 
 
 def judged_so_far(port):
@@ -154,15 +161,14 @@ def run(args):
                     raise BenchmarkError("unknown store %r" % store)
                 port = stack.enter_context(serving(os.path.join(folder, store), *extra))
                 cpu_before = database.cpu_seconds() if database else 0.0
-                figures = measure(port, args)
+                figures = measure(port, args, judged=True)
                 cpu = database.cpu_seconds() - cpu_before if database else None
-                judged = judged_so_far(port)
                 check_all_judged(port, args.submissions)
             if figures["server_errors"]:
                 raise BenchmarkError("%d server errors under load against %s" % (figures["server_errors"], store))
             fields = {"store": name, "clients": args.clients, "submissions": args.submissions,
                       "seconds": args.seconds, "rps": figures["rps"], "p50_ms": figures["p50_ms"],
-                      "p99_ms": figures["p99_ms"], "non_202": figures["non_202"], "judged": judged}
+                      "p99_ms": figures["p99_ms"], "non_202": figures["non_202"], "judged": figures["judged"]}
             if cpu is not None:
                 fields["db_cpu_s"] = round(cpu, 1)
             fields.update(bare_rps=bare["rps"], bare_p99_ms=bare["p99_ms"])
