@@ -189,6 +189,18 @@ def check_id(value):
     return value.lower()
 
 
+#: POST /'s 202, as jsonify writes it: the same three fields every time, and an id that
+#: check_id let through only as 24 lower-case hex digits, so nothing needs escaping.
+ACCEPTED = '{"duplicate":%s,"status":"queued","submission_id":"%s"}\n'
+
+
+def accepted(submission_id, duplicate):
+    """POST /'s answer, formatted from ACCEPTED: jsonify's encoder and keyword handling
+    cost 20 us, about 4% of a whole request, on the path the intake serves most."""
+    return Response(ACCEPTED % ("true" if duplicate else "false", submission_id), status=202,
+                    mimetype="application/json")
+
+
 def database_status(store):
     """The database as /health and the metrics report it.
 
@@ -389,7 +401,11 @@ def create_app(store, pipeline, config, supervisor, metrics, rounds=None, rescor
 
     @app.post("/")
     def submit():
-        body = read_body()
+        with pipeline.intake:  # judging gives way to POSTs in progress; GETs (pollers) do not hold it up
+            return take(read_body())
+
+    def take(body):
+        """Check a POST / body, record its submission as queued (unless it is already), answer 202."""
         given = body.get("api_key")
         check_key(request.headers.get("X-API-Key") if given is None else given, config.api_key,
                   KEY_IN_BODY, config.local)
@@ -415,7 +431,7 @@ def create_app(store, pipeline, config, supervisor, metrics, rounds=None, rescor
             log.info("%s: accepted", submission_id)
         else:
             log.info("%s: already queued; not queued again", submission_id)
-        return jsonify(submission_id=submission_id, status="queued", duplicate=outcome == "already"), 202
+        return accepted(submission_id, duplicate=outcome == "already")
 
     @app.get("/submissions/<submission_id>")
     def show(submission_id):

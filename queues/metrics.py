@@ -93,6 +93,7 @@ class Metrics:
         self.repairs = prometheus_client.Counter(
             "criteria_leaderboard_repairs", "Leaderboard entries the reconciliation found out of line and repaired, by "
             "reason (missing, stale, verdicts, duplicate)", ["reason"], registry=self.registry)
+        self._answers = {}  # (endpoint, status) -> its request counter, looked up once
         self.rounds = RoundsCollector()
         self.registry.register(self.rounds)
         for stage in STAGES:
@@ -125,7 +126,7 @@ class Metrics:
     def expect_requests(self, endpoint, statuses):
         """Export the endpoint's request counters at 0 for each status it can answer."""
         for status in statuses:
-            self.requests.labels(endpoint, str(status))
+            self._answers[(endpoint, status)] = self.requests.labels(endpoint, str(status))
 
     def stage_finished(self, stage, seconds):
         self.stage_seconds.labels(stage).observe(seconds)
@@ -137,7 +138,12 @@ class Metrics:
         self.restarts.labels(name).inc()
 
     def request(self, endpoint, status):
-        self.requests.labels(endpoint, str(status)).inc()
+        """Count one answer. Every request comes here, so its counter is found in a dict
+        rather than through ``labels`` (which formats and locks on every call)."""
+        counter = self._answers.get((endpoint, status))
+        if counter is None:  # a status not expected: its counter starts now
+            counter = self._answers[(endpoint, status)] = self.requests.labels(endpoint, str(status))
+        counter.inc()
 
     def render(self):
         """The exposition text and its content type."""

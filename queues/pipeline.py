@@ -5,9 +5,13 @@ what (see the leases in :mod:`queues.store`). ``Pipeline`` adds one
 thing: it knows which submission ids are waiting or being worked on at
 each stage, so neither a repeated request nor the recovery sweep queues
 one twice in this process, and the lease keeper knows which leases to
-extend.
+extend. It also lets the HTTP intake go first: the judging shares the
+process (and its GIL) with the HTTP threads, so while submissions keep
+arriving a pipeline thread waits a little before its next job (see
+:meth:`Pipeline.give_way`).
 """
 import dataclasses
+import math
 import queue
 import threading
 import time
@@ -18,6 +22,42 @@ import numpy as np
 #: The stages, by one name each: dispatch (consistency, logloss, leaderboard) then the two checks.
 DISPATCH, CONCORDANCE, ORIGINALITY = "dispatch", "concordance", "originality"
 STAGES = (DISPATCH, CONCORDANCE, ORIGINALITY)
+#: The intake counts as busy while a request is in progress and for this long after ...
+QUIET_SECONDS = 0.05
+#: ... and while it is, a pipeline thread waits up to this long before each job.
+GIVE_WAY_SECONDS = 2.0
+
+
+class Intake:
+    """How busy the HTTP intake is, for :meth:`Pipeline.give_way`: its requests in progress
+    and when the last one ended.
+
+    The intake wraps each request in ``with pipeline.intake:``; a plain
+    class rather than ``contextlib`` because it runs on every request.
+    Requests in progress count, not only arrivals: while a batch waits
+    for the database nothing new arrives, yet the intake is not done.
+    """
+
+    def __init__(self, clock):
+        self.clock = clock
+        self.in_progress = 0
+        self.ended = -math.inf
+        self._lock = threading.Lock()
+
+    def __enter__(self):
+        with self._lock:
+            self.in_progress += 1
+
+    def __exit__(self, *exc_info):
+        with self._lock:
+            self.in_progress -= 1
+            self.ended = self.clock()
+
+    def quiet_in(self):
+        """Seconds until the intake counts as quiet, 0 or less when it does (QUIET_SECONDS while busy)."""
+        if self.in_progress:
+            return QUIET_SECONDS
+        return self.ended + QUIET_SECONDS - self.clock()
 
 
 class Verdicts:
@@ -82,13 +122,36 @@ class Job:
 
 
 class Pipeline:
-    """Queues by stage plus the jobs in flight at each."""
+    """Queues by stage plus the jobs in flight at each.
 
-    def __init__(self, stop=None):
+    ``clock`` (seconds, monotonic) times :meth:`give_way`; tests give a fake one.
+    ``intake`` is what the HTTP intake marks its requests with.
+    """
+
+    def __init__(self, stop=None, clock=time.monotonic):
         self.stop = stop or threading.Event()
         self.queues = {stage: queue.Queue() for stage in STAGES}
         self._in_flight = {stage: {} for stage in STAGES}
         self._lock = threading.Lock()
+        self.clock = clock
+        self.intake = Intake(clock)
+
+    def give_way(self):
+        """Before a job: wait while the intake is busy, at most GIVE_WAY_SECONDS, or until stop.
+
+        Judging holds the GIL for tens of milliseconds per submission, and
+        every HTTP thread that needs the GIL meanwhile waits its turn; so
+        under a burst of submissions each pipeline thread takes one job
+        per GIVE_WAY_SECONDS, and works at full speed again QUIET_SECONDS
+        after the last request. Nothing is lost by waiting: a job waiting
+        here is still in flight, so the lease keeper extends its lease and
+        a repeat of its submission is answered as a duplicate.
+        """
+        deadline = self.clock() + GIVE_WAY_SECONDS
+        while True:
+            left = min(self.intake.quiet_in(), deadline - self.clock())
+            if left <= 0 or self.stop.wait(left):
+                return
 
     def put(self, stage, job):
         """Queue ``job`` unless its id is already in flight at ``stage``; True if queued."""

@@ -9,6 +9,8 @@ while gunicorn lets the requests in progress finish; the worker waits for
 that stop as it exits. SIGINT is handled like SIGTERM: a graceful stop.
 A second interrupt (Ctrl-C again, or the arbiter's SIGQUIT after one)
 ends the worker at once with one line, leaving its work to recovery.
+The worker also hands the GIL round every millisecond rather than every
+five (see SWITCH_INTERVAL), so judging delays requests less.
 """
 import errno
 import logging
@@ -23,6 +25,10 @@ from gunicorn.app.base import BaseApplication
 from gunicorn.arbiter import Arbiter
 
 log = logging.getLogger(__name__)
+#: Seconds a thread may hold the GIL while another waits for it (CPython's default is 0.005).
+#: The HTTP threads share the process with CPU-bound judging; each request takes the GIL
+#: back after every socket call, and behind a judge each of those waits up to this long.
+SWITCH_INTERVAL = 0.001
 
 
 class CannotListen(Exception):
@@ -93,6 +99,7 @@ class Service(BaseApplication):
         first is handled) and deadlock on its own lock.
         """
         app, stop = self.build()
+        sys.setswitchinterval(SWITCH_INTERVAL)  # in the worker: the requests' share of the GIL
         self._stopping = threading.Thread(target=self._stop_when_asked, args=(stop,), name="stopping", daemon=True)
         self._stopping.start()
         previous = signal.getsignal(signal.SIGTERM)  # gunicorn's: stop taking requests

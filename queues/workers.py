@@ -83,6 +83,7 @@ class Worker:
             except queue.Empty:
                 continue
             try:
+                self.pipeline.give_way()  # the intake first: see Pipeline.give_way
                 self.run(job)
             finally:
                 self.pipeline.done(self.stage, job)

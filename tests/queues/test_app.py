@@ -9,6 +9,7 @@ import threading
 
 import pymongo.errors
 import pytest
+from flask import jsonify
 
 from queues import app as app_module
 from queues.app import MAX_BODY_BYTES, create_app
@@ -40,6 +41,17 @@ def test_accepts_a_submission_and_queues_it_once(client, submit, store, pipeline
     assert again.status_code == 202
     assert again.get_json()["duplicate"] is True
     assert pipeline.queues[DISPATCH].empty()
+
+
+def test_the_202_is_byte_for_byte_what_jsonify_wrote(app, client, submit, model):
+    """POST / formats its answer itself (it is the path served most); clients see no change."""
+    sid = submit("zuz", model(1))
+    for duplicate in (False, True):
+        response = post(client, submission_id=sid.upper(), api_key=API_KEY)
+        with app.app_context():
+            expected = jsonify(submission_id=sid, status="queued", duplicate=duplicate)
+        assert (response.status_code, response.content_type) == (202, expected.content_type)
+        assert response.get_data() == expected.get_data()
 
 
 def test_accepts_form_fields(client, submit, model, pipeline):
@@ -341,6 +353,35 @@ def test_a_repeat_of_a_submission_in_flight_needs_no_database_round_trip(store, 
     store.submissions.update_one({}, {"$set": {"processing.state": "done"}})
     assert post(client, submission_id=sid, api_key=API_KEY).get_json()["duplicate"] is False
     assert counting.accepts == 2
+
+
+class Requests:
+    """Stands in for the pipeline's intake marker: records each request it wraps."""
+
+    def __init__(self):
+        self.started = self.ended = 0
+
+    def __enter__(self):
+        self.started += 1
+
+    def __exit__(self, *exc_info):
+        self.ended += 1
+
+
+def test_posts_make_judging_give_way_but_reads_do_not(client, submit, model, pipeline, monkeypatch):
+    """Every POST / is the intake's work, a refused one too: judging waits while one is in progress.
+    A client polling GET /submissions/<id> waits for that judging, so reads must not hold it up."""
+    marked = Requests()
+    monkeypatch.setattr(pipeline, "intake", marked)
+    sid = submit("zuz", model(1))
+    assert post(client, submission_id=sid, api_key=API_KEY).status_code == 202
+    assert post(client, submission_id=sid, api_key="wrong").status_code == 401
+    assert client.post("/", data=b"[1]", content_type="application/json").status_code == 400
+    assert (marked.started, marked.ended) == (3, 3)
+    assert client.get("/submissions/" + sid, headers={"X-API-Key": API_KEY}).status_code == 200
+    client.get("/health")
+    client.get("/metrics")
+    assert (marked.started, marked.ended) == (3, 3)
 
 
 def test_no_name_in_the_app_shadows_a_werkzeug_exception():

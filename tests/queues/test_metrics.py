@@ -94,6 +94,21 @@ def test_request_and_restart_counters(metrics):
     assert value(samples, "criteria_thread_restarts_total", thread="originality-1") == 1
 
 
+def test_expected_and_unexpected_answers_count_on_their_own_counters(metrics):
+    """Counters are looked up once and kept: each (endpoint, status) still counts on its own."""
+    metrics.expect_requests("/", (202, 401))
+    for status in (202, 202, 401, 418, 418, 418):
+        metrics.request("/", status)
+    metrics.request("/health", 202)
+    samples = scrape(metrics)
+    assert value(samples, "criteria_http_requests_total", endpoint="/", status="202") == 2
+    assert value(samples, "criteria_http_requests_total", endpoint="/", status="401") == 1
+    assert value(samples, "criteria_http_requests_total", endpoint="/", status="418") == 3
+    assert value(samples, "criteria_http_requests_total", endpoint="/health", status="202") == 1
+    untouched = scrape(Metrics())  # another instance keeps counters of its own
+    assert ("criteria_http_requests_total", frozenset({"endpoint": "/", "status": "202"}.items())) not in untouched
+
+
 def test_thread_alive_gauges_follow_the_supervisor(metrics, pipeline):
     supervisor = Supervisor(pipeline.stop, metrics, check_interval=3600)
     supervisor.add("dispatcher", pipeline.stop.wait)

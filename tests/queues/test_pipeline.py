@@ -1,4 +1,5 @@
-"""Pipeline: per-stage dedupe of ids in flight, release on done, depth, age and leases; the checks' meeting point."""
+"""Pipeline: per-stage dedupe of ids in flight, release on done, depth, age and leases; the checks' meeting point;
+giving way to the intake."""
 import threading
 import time
 
@@ -6,8 +7,11 @@ import pytest
 
 from bson import ObjectId
 
-from queues.pipeline import CONCORDANCE, DISPATCH, ORIGINALITY, STAGES, Job, Pipeline, Verdicts
+from queues.metrics import Metrics
+from queues.pipeline import (CONCORDANCE, DISPATCH, GIVE_WAY_SECONDS, ORIGINALITY, QUIET_SECONDS, STAGES, Job, Pipeline,
+                             Verdicts)
 from queues.store import Claim
+from queues.workers import Worker
 
 
 def test_put_queues_once_per_stage(pipeline):
@@ -203,3 +207,137 @@ def test_exactly_one_of_two_racing_checks_completes_the_set():
             thread.join(10)
         complete = [found for found in results.values() if found is not None]
         assert complete == [{"concordant": True, "original": True}]
+
+
+# -- giving way to the intake: judging waits while submissions keep arriving --------
+class Clock:
+    """A fake monotonic clock that is also the pipeline's stop event: waiting advances
+    the clock (the test never sleeps) and records how long each wait was asked to be.
+
+    ``during_wait`` runs after each wait, as if something happened meanwhile.
+    """
+
+    def __init__(self):
+        self.now = 1000.0
+        self.waits = []
+        self.stopped = False
+        self.during_wait = None
+
+    def __call__(self):
+        return self.now
+
+    def is_set(self):
+        return self.stopped
+
+    def set(self):
+        self.stopped = True
+
+    def wait(self, timeout=None):
+        self.waits.append(timeout)
+        self.now += timeout
+        if self.during_wait is not None:
+            self.during_wait()
+        return self.stopped
+
+
+@pytest.fixture
+def clock():
+    return Clock()
+
+
+@pytest.fixture
+def timed(clock):
+    """A pipeline on the fake clock."""
+    return Pipeline(clock, clock=clock)
+
+
+def test_with_no_request_the_pipeline_does_not_wait(timed, clock):
+    timed.give_way()
+    assert clock.waits == []
+
+
+def request(pipeline):
+    """One whole intake request, as the app wraps it."""
+    with pipeline.intake:
+        pass
+
+
+def test_a_request_makes_the_pipeline_wait_until_the_intake_has_been_quiet(timed, clock):
+    request(timed)
+    clock.now += 0.01
+    timed.give_way()
+    assert sum(clock.waits) == pytest.approx(QUIET_SECONDS - 0.01)
+    clock.waits.clear()
+    clock.now += QUIET_SECONDS  # long after the request: judging goes on at once
+    timed.give_way()
+    assert clock.waits == []
+
+
+def test_a_request_in_progress_keeps_the_intake_busy_however_long_it_takes(timed, clock):
+    """A batch waiting for the database: nothing new arrives, but the intake is not done."""
+    with timed.intake:
+        started = clock.now
+        timed.give_way()
+        assert clock.now - started == pytest.approx(GIVE_WAY_SECONDS)
+        assert len(clock.waits) > 1 and max(clock.waits) <= QUIET_SECONDS  # it looks again every QUIET_SECONDS
+    clock.waits.clear()
+    timed.give_way()  # it ended just now: quiet only QUIET_SECONDS later
+    assert sum(clock.waits) == pytest.approx(QUIET_SECONDS)
+
+
+def test_while_requests_keep_coming_the_pipeline_waits_at_most_give_way_seconds(timed, clock):
+    request(timed)
+    clock.during_wait = lambda: request(timed)  # a request during every wait: the intake is never quiet
+    started = clock.now
+    timed.give_way()
+    assert clock.now - started == pytest.approx(GIVE_WAY_SECONDS)
+
+
+def test_requests_that_fail_still_end(timed, clock):
+    with pytest.raises(ValueError):
+        with timed.intake:
+            raise ValueError("a refused request")
+    clock.now += QUIET_SECONDS
+    timed.give_way()
+    assert clock.waits == []
+
+
+def test_stopping_ends_the_wait_at_once(timed, clock):
+    def stop_meanwhile():  # the intake is still busy, but the server is stopping
+        clock.set()
+    clock.during_wait = stop_meanwhile
+    with timed.intake:
+        timed.give_way()
+    assert len(clock.waits) == 1
+
+
+class Stage(Worker):
+    """A stage that records what it judged and stops the pipeline after ``last``."""
+
+    stage = DISPATCH
+
+    def __init__(self, pipeline, order, last):
+        super().__init__(pipeline, store=None, rounds=None, rules=None, metrics=Metrics())
+        self.order = order
+        self.last = last
+
+    def process(self, job):
+        self.order.append(("judged", job.submission_id))
+        if job.submission_id == self.last:
+            self.pipeline.stop.set()
+        return "ok"
+
+
+def test_a_worker_gives_way_before_each_job_and_the_waiting_job_keeps_its_lease(pipeline):
+    order = []
+    first, second = Job("a" * 24, token=ObjectId()), Job("b" * 24, token=ObjectId())
+
+    def give_way():  # what is in flight while a worker waits: the job it took still is
+        order.append(("gave way", sorted(pipeline.tokens()), pipeline.anywhere("a" * 24)))
+    pipeline.give_way = give_way
+    pipeline.put(DISPATCH, first)
+    pipeline.put(DISPATCH, second)
+    Stage(pipeline, order, last="b" * 24).loop()
+    assert order == [("gave way", sorted([first.token, second.token]), True), ("judged", "a" * 24),
+                     ("gave way", [second.token], False), ("judged", "b" * 24)]
+    assert not pipeline.anywhere("b" * 24)

@@ -110,3 +110,20 @@ def test_sigterm_alone_never_counts_as_an_interrupt(monkeypatch):
     finally:
         for signum, handler in saved.items():
             signal.signal(signum, handler)
+
+
+def test_the_worker_hands_the_gil_round_every_millisecond():
+    """Requests share the worker with CPU-bound judging: each GIL hand-over a request waits
+    for is cut from CPython's 5 ms to SWITCH_INTERVAL."""
+    import signal
+    import sys
+    service = serve.Service(lambda: ("app", lambda: None), {"bind": "127.0.0.1:%d" % free_port()})
+    before, interval = signal.getsignal(signal.SIGTERM), sys.getswitchinterval()
+    try:
+        sys.setswitchinterval(0.005)  # CPython's default (another test's load may have set it already)
+        assert service.load() == "app"
+        assert sys.getswitchinterval() == pytest.approx(serve.SWITCH_INTERVAL)
+        service._worker_exit(None, None)
+    finally:
+        signal.signal(signal.SIGTERM, before)
+        sys.setswitchinterval(interval)
