@@ -55,6 +55,14 @@ def unusable_field(doc):
     return None
 
 
+def of_node(node, competition_id=41):
+    """The oracle of a test server process's round: its files, rules, tournament rows and clusters."""
+    rounds = node.workers["concordance"].rounds
+    rnd = rounds.get(competition_id)
+    return Oracle(node.db, rounds.files, node.workers["concordance"].rules, rounds.groups(rnd), rnd.tournament,
+                  competition_id)
+
+
 class Oracle:
     """The plain rules over one round: ``verdicts(sid)`` and ``board()``.
 
@@ -87,7 +95,11 @@ class Oracle:
         return [doc for doc in self.db.submissions.find({}) if round_of(doc) == self.competition_id]
 
     def others(self, doc):
-        """The other users' latest earlier submissions whose files can be read (their values)."""
+        """The values of :meth:`compared_with`'s submissions."""
+        return [values for _, values in self.compared_with(doc)]
+
+    def compared_with(self, doc):
+        """``[(document, values)]``: the other users' latest earlier submissions whose files can be read."""
         latest = {}
         for other in self.round_docs():
             name, when = other.get("username"), other.get("created")
@@ -103,11 +115,11 @@ class Oracle:
             if usable_text(other.get("filename")):
                 values = self.values(other)
                 if values is not None:
-                    found.append(values)
+                    found.append((other, values))
         return found
 
     def verdicts(self, sid):
-        """``{consistency, concordant, original}``, or None when the submission must end failed."""
+        """``{consistency, logloss, concordant, original}``, or None when the submission must end failed."""
         doc = self.db.submissions.find_one({"_id": ObjectId(sid)})
         if doc is None or unusable_field(doc) is not None or round_of(doc) != self.competition_id:
             return None
@@ -117,6 +129,7 @@ class Oracle:
         t = self.tournament
         valid = t.validation
         return {"consistency": consistency.consistency(t.eras[valid], t.targets[valid], values[valid], self.rules),
+                "logloss": consistency.logloss(t.targets[valid], values[valid], self.rules.logloss_epsilon),
                 "concordant": concordance.concordance(self.groups, values, self.rules)[1],
                 "original": originality.is_original(values, self.others(doc), self.rules)}
 
