@@ -20,7 +20,8 @@ import scipy.stats
 from sklearn.metrics import log_loss
 
 from scoring import concordance, consistency, evidence, originality
-from scoring.prepared import PreparedRound, cutoff
+from scoring.bounds import cutoff
+from scoring.prepared import PreparedRound
 from scoring.rules import Rules
 from tests.scoring.test_prepared import (
     GRIDS,

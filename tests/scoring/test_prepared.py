@@ -16,17 +16,9 @@ import scipy.stats
 from scoring import originality
 from scoring.errors import DataError
 from scoring.ks import ks_counts, ks_statistic
-from scoring.prepared import (
-    BLOCK,
-    GRID_POINTS,
-    SEGMENT_ROWS,
-    PreparedRound,
-    cutoff,
-    grid_counts,
-    ks_count_from,
-    ks_interval,
-    make_grid,
-)
+from scoring.basis import BASIS_SIZE
+from scoring.bounds import BLOCK, GRID_POINTS, CellPicker, cutoff, extended_grid, grid_counts, ks_count_in_cells, ks_interval, make_grid
+from scoring.prepared import RECENT_SORTED, SEGMENT_ROWS, PreparedRound
 from scoring.rules import Rules
 
 RULE_VARIANTS = (Rules(), Rules(max_similar=2), Rules(max_similar=3), Rules(max_similar=0))
@@ -119,7 +111,7 @@ def test_ks_interval_brackets_the_exact_count():
             stacked = ks_interval(np.stack([counts_a, counts_b, counts_a]), counts_b)
             assert stacked[0].tolist() == [lower, same[0], lower] and stacked[1].tolist() == [upper, same[1], upper]
             for cut in range(0, a.size + 2, max(1, a.size // 50)):
-                found = ks_count_from(a_sorted, counts_a, b_sorted, counts_b, cut)
+                found = ks_count_in_cells(a_sorted, counts_a, CellPicker(extended_grid(grid), b, lambda g: g, b.__getitem__), counts_b, cut)
                 assert found <= exact
                 assert found == exact if exact >= cut else found < cut
 
@@ -140,7 +132,7 @@ def test_checks_decide_ks_pairs_from_ks_interval(monkeypatch):
         assert prepared.is_original(candidate, keys) is originality.is_original(candidate, [others[k] for k in keys])
     decided = prepared.stats["ks_exact"]
     real = ks_interval
-    monkeypatch.setattr("scoring.prepared.ks_interval",
+    monkeypatch.setattr("scoring.checks.ks_interval",
                         lambda a, b: (np.zeros_like(real(a, b)[0]), np.full_like(real(a, b)[1], n)))
     for keys in (["far"], ["near", "far"], ["copy"]):
         assert prepared.is_original(candidate, keys) is originality.is_original(candidate, [others[k] for k in keys])
@@ -452,13 +444,17 @@ def test_fetch_exact_returning_other_values_is_refused():
 
 
 def test_memory_is_one_float32_copy_plus_sketches():
+    """Per submission: its float32 copy and sketches; per round, a fixed
+    amount: the sorted values of the last few added (RECENT_SORTED of them)
+    and the round basis (BASIS_SIZE float32 rows)."""
     rng = np.random.default_rng(11)
-    n, size = 45000, SEGMENT_ROWS
+    n, size = 45000, 4 * SEGMENT_ROWS
     prepared = PreparedRound()
     base = rng.random(n)
     for i in range(size):
         prepared.add(str(i), np.round(base + rng.normal(0, 0.01, n), 5))
-    assert prepared.nbytes <= 1.2 * n * size * 4
+    assert prepared.stats["bases"] == 1
+    assert prepared.nbytes <= 1.2 * n * size * 4 + RECENT_SORTED * n * 8 + BASIS_SIZE * n * 4
 
 
 # -- threads -------------------------------------------------------------------
@@ -563,7 +559,7 @@ def test_discard_forgets_a_key_and_reuses_its_slot_only_after_running_checks():
     prepared.discard("absent")  # no error
     assert "a" not in prepared and len(prepared) == 1
     prepared.add("c", c)  # must not take a's slot while the check may still read it
-    assert np.array_equal(prepared._stored_values(snapshot.segments, snapshot.meta, snapshot.slots[0], 300), a)
+    assert np.array_equal(snapshot.stored_values(snapshot.slots[0], np.empty(300)), a)
     prepared._release(dict.fromkeys(("pairs", "correlation_exact", "ks_exact", "fetched"), 0))
     assert prepared.is_original(a, ["b", "c"]) is originality.is_original(a, [b, c])
     assert prepared.nbytes >= held
