@@ -49,6 +49,10 @@ U32 = 2.0 ** -24
 TINY32 = 2.0 ** -126
 #: A vector whose relative rounding error is this large gets no bound.
 MAX_RELATIVE_ERROR = 0.5
+#: A vector with values this large gets no bound: its centred values (at
+#: most twice as large) and their float32 products summed by BLOCK then
+#: stay far below float32's overflow at 2**128.
+MAX_MAGNITUDE = 2.0 ** 55
 #: Final safety on every margin: relative, and absolute for the float64
 #: rounding of the comparisons ``|r| -+ margin`` themselves.
 MARGIN_RELATIVE_SAFETY = 1e-6
@@ -95,11 +99,16 @@ def vector_bounds(values, norm):
     ``u32 (1 + rho64)`` plus ``sqrt(n) TINY32 / ||c||`` for underflow. A
     relative error ``rho < 1`` turns the vector by at most ``asin(rho) <=
     pi/2 rho`` radians. ``||c||`` is bounded below from the computed norm.
+    Values beyond :data:`MAX_MAGNITUDE` get no bound: float32 would
+    overflow, which none of these terms covers.
     """
     n = values.size
     root_n = math.sqrt(n)
     nu = gamma(n, U64) + 2 * U64
-    shift = gamma(n + 2, U64) * float(np.max(np.abs(values))) * (1 + 1e-9)
+    largest = float(np.max(np.abs(values)))
+    if not largest <= MAX_MAGNITUDE:
+        return VectorBounds(math.inf, math.inf, 0.0)
+    shift = gamma(n + 2, U64) * largest * (1 + 1e-9)
     exact_floor = norm / ((1 + nu) * (1 + U64)) - root_n * shift * (1 + U64)
     if not exact_floor > 0:
         return VectorBounds(math.inf, math.inf, 0.0)

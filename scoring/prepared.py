@@ -121,7 +121,8 @@ def prepare(values, grid, blocks, padded):
     centered = np.subtract(values, mean, out=scratch("centered", values.size))
     norm = float(np.sqrt(np.einsum("i,i->", centered, centered)))  # numpy's loop: no BLAS thread wake-up
     padded[values.size:] = 0.0
-    padded[: values.size] = centered
+    with np.errstate(over="ignore"):  # beyond float32: vector_bounds gives such vectors no bound
+        padded[: values.size] = centered
     ordered = scratch("ordered", values.size)
     ordered[:] = values
     ordered.sort()
