@@ -350,8 +350,9 @@ def ks_count_in_cells(a_sorted, counts_a, b_picker, counts_b, cut):
     see :func:`ks_interval`). For a point ``t`` in cell ``j``, ``#{a <= t}``
     is ``C_a[j]`` (the values below the cell) plus the values of cell
     ``j`` up to ``t``; among the sorted picked values of all wanted cells
-    those are the ones up to ``t`` minus the ones of earlier wanted cells.
-    So each difference is exactly one ks_counts evaluates, and the result
+    those are the ones up to ``t`` minus the ones of earlier wanted cells
+    (:func:`merged_difference`). So each difference is exactly one
+    ks_counts evaluates, and the result
     ``r`` satisfies ``r <= k`` and ``r == k`` when ``k >= cut``; hence
     ``r < c`` exactly when ``k < c`` for every ``c >= cut``.
 
@@ -368,17 +369,37 @@ def ks_count_in_cells(a_sorted, counts_a, b_picker, counts_b, cut):
     a_lengths = a_counts[wanted + 1] - a_counts[wanted]
     a_in = a_sorted[spans(a_counts[wanted], a_lengths)]
     b_in, b_lengths = b_picker(wanted)
-    points = np.concatenate((a_in, b_in))
-    if not points.size:
+    if not a_in.size + b_in.size:
         return found
-    # per wanted cell: values below it, less the picked values of earlier wanted cells
-    a_base = a_counts[wanted] - (np.cumsum(a_lengths) - a_lengths)
-    b_base = b_counts[wanted] - (np.cumsum(b_lengths) - b_lengths)
-    order = np.arange(wanted.size)
-    where = np.concatenate((np.repeat(order, a_lengths), np.repeat(order, b_lengths)))
-    a_cdf = np.searchsorted(a_in, points, side="right") + a_base[where]
-    b_cdf = np.searchsorted(b_in, points, side="right") + b_base[where]
-    return max(found, int(np.max(np.abs(a_cdf - b_cdf))))
+    return max(found, merged_difference(a_in, a_counts[wanted], a_lengths, b_in, b_counts[wanted], b_lengths))
+
+
+def merged_difference(a_in, a_below, a_lengths, b_in, b_below, b_lengths):
+    """``max |F_a(t) - F_b(t)|`` over the picked values ``t`` of both vectors.
+
+    ``*_in`` are each vector's values in the wanted cells, sorted, with
+    ``*_lengths`` of them per cell and ``*_below`` values below each cell.
+    The two are merged (cells are disjoint intervals, so the merge keeps
+    them in order and cell ``i`` takes ``a_lengths[i] + b_lengths[i]``
+    places); at a place ``p`` the picked values of ``a`` up to it number
+    ``cumsum(is_a)[p]``. At the last of a run of equal values that is
+    ``#{a_in <= t}``, and ``F_a(t)`` is that plus the values below the
+    cell less the picked values of earlier cells.
+    """
+    size = a_in.size + b_in.size
+    at_b = np.searchsorted(a_in, b_in, side="left") + np.arange(b_in.size)
+    from_b = np.zeros(size, dtype=bool)
+    from_b[at_b] = True
+    merged = np.empty(size)
+    merged[at_b] = b_in
+    merged[~from_b] = a_in
+    last = np.flatnonzero(np.append(merged[1:] != merged[:-1], True))
+    cell = np.repeat(np.arange(a_lengths.size), a_lengths + b_lengths)[last]
+    b_upto = np.cumsum(from_b)[last]
+    a_upto = last + 1 - b_upto
+    a_base = a_below - (np.cumsum(a_lengths) - a_lengths)
+    b_base = b_below - (np.cumsum(b_lengths) - b_lengths)
+    return int(np.max(np.abs((a_upto + a_base[cell]) - (b_upto + b_base[cell]))))
 
 
 class CellPicker:
@@ -426,15 +447,16 @@ class CellPicker:
 
     def __call__(self, cells):
         """``(sorted values lying in cells, how many in each cell)``; ``cells`` sorted."""
+        size = cells.size
         ends = self.edges[np.concatenate((cells, cells + 1))]
-        lower, upper = np.split(self.buckets(self.proxy_of(ends)), 2)
+        bounds = self.buckets(self.proxy_of(ends))
         taken = np.zeros(self.count, dtype=bool)
-        taken[spans(lower, upper - lower + 1)] = True
+        taken[spans(bounds[:size], bounds[size:] - bounds[:size] + 1)] = True
         out, work = self.scratch if self.scratch is not None else (None, None)
         near = np.sort(self.exact(np.flatnonzero(taken[self.buckets(self.proxy, out, work)])))
-        low, high = np.split(np.searchsorted(near, ends, side="right"), 2)
-        lengths = high - low
-        return near[spans(low, lengths)], lengths
+        cut = np.searchsorted(near, ends, side="right")
+        lengths = cut[size:] - cut[:size]
+        return near[spans(cut[:size], lengths)], lengths
 
 
 def extended_grid(grid):

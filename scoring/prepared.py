@@ -410,10 +410,13 @@ class PreparedRound:
                 sample = self._sample_slots()
                 segments = self._segments
                 meta = self._meta
-            rows = np.stack([segments[s // SEGMENT_ROWS].data[s % SEGMENT_ROWS] for s in sample]) if sample else None
-            basis = RoundBasis.from_sample(rows, meta["norm"][sample], self._n, self._basis_size) if sample else None
-            if basis is not None:
-                self._install(basis)
+            if sample:
+                rows = np.stack([segments[s // SEGMENT_ROWS].data[s % SEGMENT_ROWS] for s in sample])
+                basis = RoundBasis.from_sample(rows, meta["norm"][sample], self._n, self._basis_size)
+                if basis is not None:
+                    self._install(basis)
+        except np.linalg.LinAlgError as exc:  # the round keeps its basis: checks stay exact, only slower
+            log.warning("round basis not rebuilt: %s", exc)
         finally:
             with self._lock:
                 self._done_reading()
@@ -512,7 +515,7 @@ class PreparedRound:
 
     def _snapshot(self, other_keys, key=None):
         with self._lock:
-            slots = np.fromiter((self._slot_of[k] for k in other_keys), dtype=np.intp, count=len(other_keys))
+            slots = np.array(list(map(self._slot_of.__getitem__, other_keys)), dtype=np.intp)
             self._read()
             own = self._slot_of.get(key)
             return Snapshot(self._n, self._blocks, self._grid, self._edges, self._segments, self._meta, self._basis,
