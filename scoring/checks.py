@@ -23,6 +23,7 @@ previous one left open:
 refining only the pairs whose bounds could place them in the lists.
 """
 import dataclasses
+import functools
 import heapq
 import threading
 
@@ -55,6 +56,13 @@ SCREENED, REFINED, EXACT = 1, 2, 3
 REFINE_BATCH = 8
 
 _scratch = threading.local()
+
+
+@functools.lru_cache(maxsize=64)
+def cutoffs(n, duplicate_ks, similar_ks):
+    """The KS clauses as integer cut-offs ``(duplicate, similar)`` on the count (see
+    :func:`scoring.bounds.cutoff`); the same few rules and n come back for every check."""
+    return (cutoff(n, lambda k: k / n < duplicate_ks), cutoff(n, lambda k: k / n <= similar_ks))
 
 
 def scratch(name, size, dtype=np.float64):
@@ -166,9 +174,7 @@ class _Pairs:
         self.cand = cand
         self.rules = rules
         self.counters = counters
-        n = snap.n
-        self.dup_cut = cutoff(n, lambda k: k / n < rules.duplicate_ks)
-        self.similar_cut = cutoff(n, lambda k: k / n <= rules.similar_ks)
+        self.dup_cut, self.similar_cut = cutoffs(snap.n, rules.duplicate_ks, rules.similar_ks)
         self.far = max(self.dup_cut, self.similar_cut)
         self.needed_similar = max(rules.max_similar, 1)
         self.slots = snap.slots
@@ -214,8 +220,9 @@ class _Pairs:
                 whole = np.matmul(segment.data.transpose(1, 0, 2), self.cand.blocks32[:, :, None])
                 dots[where] = whole.sum(axis=0, dtype=np.float64)[rows, 0]
             else:
-                for at, row in zip(where, rows):
-                    dots[at] = np.vecdot(segment.data[row], self.cand.blocks32).sum(dtype=np.float64)
+                blocks32 = self.cand.blocks32
+                for at, row in zip(where.tolist(), rows.tolist()):
+                    dots[at] = np.add.reduce(np.vecdot(segment.data[row], blocks32), dtype=np.float64)
         margin = self._margins(slots)
         with np.errstate(divide="ignore", invalid="ignore"):
             r = np.abs(dots / (self.cand.norm * self.snap.meta["norm"][slots]))
@@ -224,11 +231,12 @@ class _Pairs:
     def _by_segment(self, slots):
         """``(indices into slots, segment)`` for each segment holding some of ``slots``."""
         segment_of = slots // self.snap.segment_rows
-        order = np.argsort(segment_of, kind="stable")
-        breaks = np.flatnonzero(np.diff(segment_of[order])) + 1
-        for group in np.split(order, breaks):
-            if group.size:
-                yield group, self.snap.segments[segment_of[group[0]]]
+        order = segment_of.argsort(kind="stable")
+        ordered = segment_of[order]
+        starts = [0] + ((ordered[1:] != ordered[:-1]).nonzero()[0] + 1).tolist() + [order.size]
+        for start, end in zip(starts[:-1], starts[1:]):
+            if end > start:
+                yield order[start:end], self.snap.segments[ordered[start]]
 
     # -- KS ------------------------------------------------------------------
 
