@@ -38,10 +38,10 @@ GRID_POINTS = 4096
 #: pairs of a real round are many hundreds of counts apart, which 64 evenly
 #: spaced points already prove; only the rest read the whole sketch.
 COARSE_POINTS = 64
-#: Uniform buckets per grid point for picking the values of some cells
-#: (see :class:`CellPicker`): the more, the fewer values outside the cells
-#: are picked, recovered and sorted.
-BUCKETS_PER_POINT = 4
+#: Value ranges a vector's values in some cells are picked with (see
+#: :class:`CellPicker`): each costs a few passes over the vector; fewer
+#: ranges pick more values outside the cells, which are then dropped.
+PICK_RANGES = 4
 
 #: Unit roundoff of float64 and float32.
 U64 = 2.0 ** -53
@@ -417,54 +417,48 @@ class CellPicker:
 
     ``proxy`` holds ``f(x_i)`` for a non-decreasing ``f`` that
     ``proxy_of`` computes elementwise the same way (the stored float32
-    copy ``fl32(x - mean)`` is one; the values themselves another). Values
-    are put into uniform buckets by arithmetic, ``bucket(p) =
-    clip((p - p0) * scale, 0, B - 1)`` rounded down, a composition of
-    non-decreasing float operations, hence non-decreasing. A value of cell
-    ``j`` has ``f(E[j]) <= f(x) <= f(E[j+1])``, so its bucket lies between
-    those of the two cell ends, computed the same way: the values in those
-    buckets are a superset. ``exact(indices)`` gives their exact values,
-    which are sorted and cut at the cell ends exactly.
+    copy ``fl32(x - mean)`` is one; the values themselves another). A value
+    of a run of cells ``j1..j2`` has ``f(E[j1]) <= f(x) <= f(E[j2 + 1])``,
+    so comparing the proxies with those two numbers picks a superset of
+    the run's values; runs separated by the smallest gaps are merged, which
+    only adds values, until at most :data:`PICK_RANGES` remain.
+    ``exact(indices)`` gives the picked values exactly, which are sorted and
+    cut at the cell ends exactly.
     """
 
-    def __init__(self, edges, proxy, proxy_of, exact, scratch=None):
+    def __init__(self, edges, proxy, proxy_of, exact):
         self.edges = edges
         self.proxy = proxy
         self.proxy_of = proxy_of
         self.exact = exact
-        self.count = BUCKETS_PER_POINT * (edges.size - 2)
-        ends = proxy_of(edges[[1, -2]])
-        self.low = ends[0]
-        span = float(ends[1]) - float(ends[0])
-        scale = self.count / span if span > 0 else 0.0
-        self.scale = ends.dtype.type(scale) if math.isfinite(scale) and math.isfinite(ends.dtype.type(scale)) else 0
-        self.scratch = scratch
-
-    def buckets(self, proxy, out=None, work=None):
-        """Each proxy value's bucket (non-decreasing; all 0 when the grid ends coincide)."""
-        out = np.empty(np.shape(proxy), dtype=np.intp) if out is None else out
-        if not self.scale:
-            out[...] = 0
-            return out
-        work = np.subtract(proxy, self.low, out=work)
-        work *= self.scale
-        work.clip(0, self.count - 1, out=work)
-        out[...] = work  # truncation toward zero: floor, as work >= 0
-        return out
 
     def __call__(self, cells):
         """``(sorted values lying in cells, how many in each cell)``; ``cells`` sorted."""
-        size = cells.size
-        ends = self.edges[np.concatenate((cells, cells + 1))]
-        bounds = self.buckets(self.proxy_of(ends))
-        taken = np.zeros(self.count, dtype=bool)
-        taken[spans(bounds[:size], bounds[size:] - bounds[:size] + 1)] = True
-        out, work = self.scratch if self.scratch is not None else (None, None)
-        near = self.exact(taken[self.buckets(self.proxy, out, work)].nonzero()[0])
+        firsts, lasts = merged_runs(cells, PICK_RANGES)
+        low, high = self.proxy_of(self.edges[firsts]), self.proxy_of(self.edges[lasts + 1])
+        proxy = self.proxy
+        mask = (proxy >= low[0]) & (proxy <= high[0])
+        for lo, hi in zip(low[1:], high[1:]):
+            mask |= (proxy >= lo) & (proxy <= hi)
+        near = self.exact(mask.nonzero()[0])
         near.sort()
+        ends = self.edges[np.concatenate((cells, cells + 1))]
         cut = near.searchsorted(ends, side="right")
+        size = cells.size
         lengths = cut[size:] - cut[:size]
         return near[spans(cut[:size], lengths)], lengths
+
+
+def merged_runs(cells, most):
+    """``(firsts, lasts)`` of runs of neighbouring cells (sorted indices), the runs
+    separated by the smallest gaps merged until at most ``most`` remain."""
+    breaks = ((cells[1:] - cells[:-1]) > 1).nonzero()[0]
+    if breaks.size >= most:
+        gaps = cells[breaks + 1] - cells[breaks]
+        breaks = np.sort(breaks[gaps.argsort(kind="stable")[breaks.size - most + 1:]])
+    firsts = np.concatenate((cells[:1], cells[breaks + 1]))
+    lasts = np.concatenate((cells[breaks], cells[-1:]))
+    return firsts, lasts
 
 
 def extended_grid(grid):

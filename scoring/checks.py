@@ -335,8 +335,7 @@ class _Pairs:
             self.cand_sorted.sort()
         mean = snap.meta["mean"][slot]
         picker = CellPicker(snap.edges, snap.flat(slot), lambda grid: (grid - mean).astype(np.float32),
-                            self.exact_at(position),
-                            scratch=(scratch("buckets", n, np.intp), scratch("buckets_work", n, np.float32)))
+                            self.exact_at(position))
         return ks_count_in_cells(self.cand_sorted, self.cand.counts, picker, snap.counts(slot), cut)
 
 

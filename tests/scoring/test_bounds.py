@@ -29,6 +29,7 @@ from scoring.bounds import (
     ks_count_in_cells,
     ks_interval,
     make_grid,
+    merged_runs,
     pair_margins,
     projected_widths,
     residual_bound,
@@ -200,6 +201,19 @@ def test_coarse_columns_are_a_spread_subset_of_the_grid():
         columns = coarse_columns(size)
         assert columns.size == min(size, 64) and np.all(np.diff(columns) > 0)
         assert columns[0] == 0 and columns[-1] == size - 1
+
+
+@PROPERTY
+@given(st.sets(st.integers(0, 60), min_size=1), st.integers(1, 6))
+def test_merged_runs_cover_every_cell_in_at_most_so_many_runs(cells, most):
+    cells = np.array(sorted(cells))
+    firsts, lasts = merged_runs(cells, most)
+    assert firsts.size <= most and np.all(firsts <= lasts) and np.all(lasts[:-1] < firsts[1:])
+    covered = np.concatenate([np.arange(f, l + 1) for f, l in zip(firsts, lasts)])
+    assert set(cells.tolist()) <= set(covered.tolist())
+    assert firsts[0] == cells[0] and lasts[-1] == cells[-1]
+    if len(cells) - 1 - np.count_nonzero(np.diff(cells) == 1) < most:  # few enough runs: kept as they are
+        assert set(covered.tolist()) == set(cells.tolist())
 
 
 def test_spans_concatenates_ranges():
