@@ -10,11 +10,10 @@ of a round in one update.
 **Why a write is never stale.** The writer keeps a copy of each round's
 entries as it last read or wrote them. It reads the submissions *after*
 that copy was taken, so what it read is at least as new as whatever any
-entry in the copy was made from. Each write is conditioned on the
-entries it changes still being as the copy says (user, submission and
-revision at that position): if anyone changed them meanwhile (another
-server's writer, the backend), the write matches nothing, the copy is
-dropped, and the writer reads the entries and then the submissions
+entry in the copy was made from. Each write is conditioned on the whole
+array still being exactly as the copy says: if anyone changed any of it
+meanwhile (another server's writer, the backend), the write matches
+nothing, the copy is dropped, and the writer reads the entries and then the submissions
 again. So an entry is only ever replaced by something made from newer
 data, and the writer may simply write whatever differs: a newer
 submission, a new verdict, an entry pointing at a deleted or rewritten
@@ -22,23 +21,26 @@ submission (a rewritten document starts its revisions again, which a
 rule "only a higher revision" would never show). A write that matched
 less than it meant to is never followed by clearing the stamps.
 
-**What it costs.** Entries are addressed by position (``leaderboard.17``),
-so the database does not evaluate a filter against every entry for every
-change, and new entries are appended by position in the same write,
-guarded by the array's length and by "none of these users has an entry".
-A write to a competition document still costs the database about the
-same whatever it carries (SecantusDB rewrites the whole document: tens of
-ms at 1,000 entries), so writes are grouped, and the writer paces itself
-by what its own calls cost: after a batch that kept the database busy
-for ``t`` seconds it waits ``t (1 - share) / share`` (and at least
-``interval``) before the next, so it never takes more than ``share`` of
-the database's time, however large the round. A change after a quiet
-spell is written at once.
+**What it costs.** Measured on SecantusDB with 1,000 entries, one write
+of the whole array, conditioned on the whole array, cost the database
+about 80 ms, whatever it changed; a write by position (``leaderboard.17.x``,
+conditioned on the user, submission and revision at each changed
+position) cost more than that even for one entry, and about 2 ms more
+for each further one. So the writer replaces the whole array, and falls
+back to a write by position only on its second try: that one lands even
+while something elsewhere in the board keeps changing. Both cost the database about
+the same whatever they carry, so writes are grouped, and the writer
+paces itself by what its own calls cost: after a batch that kept the
+database busy for ``t`` seconds it waits ``t (1 - share) / share`` (and
+at least ``interval``) before the next, so it never takes more than
+``share`` of the database's time, however large the round. A change
+after a quiet spell is written at once.
 
-Only the fields the service owns are written (``submission_id``,
-``logloss``, ``concordant``, ``original``, ``criteria_rev``; ``earnings``
-when an entry is first made), so the backend may write the rest of the
-same entries meanwhile. After a write, the ``processing.board`` stamps of
+Only the fields the service owns change (``submission_id``, ``logloss``,
+``concordant``, ``original``, ``criteria_rev``; ``earnings`` when an entry
+is first made); every other field goes back as read, and a backend write
+that lands between the read and the write makes the write match nothing,
+so it is never lost. After a write, the ``processing.board`` stamps of
 the submissions read are cleared unless a newer transition re-stamped
 them; the recovery sweep re-touches any stamp a crash left behind.
 """
@@ -105,7 +107,8 @@ class Copy:
     """The writer's copy of a round's entries: position by position, as last read or written."""
 
     def __init__(self, entries):
-        self.entries = [entry if isinstance(entry, dict) else {} for entry in entries]
+        self.raw = list(entries)  # exactly as stored: what a whole-array write is conditioned on
+        self.entries = [dict(entry) if isinstance(entry, dict) else {} for entry in entries]
         self.position = {}
         for number, entry in enumerate(self.entries):
             if usable_name(entry.get("username")):
@@ -207,7 +210,7 @@ class Leaderboard:
         for attempt in range(2):
             copy = self._copy(competition_id)
             docs, elsewhere = self._submissions(competition_id, users, copy)
-            if self._write(competition_id, users, copy, docs):
+            if self._write(competition_id, users, copy, docs, whole=attempt == 0):
                 self._timed(self.store.clear_board_stamps, stamps(docs + elsewhere))
                 return {}
             self._copies.pop(competition_id, None)
@@ -265,8 +268,14 @@ class Leaderboard:
         return docs, elsewhere
 
     # -- the write -------------------------------------------------------------------
-    def _write(self, competition_id, users, copy, docs):
-        """One conditional write of every entry that differs; False when the entries changed meanwhile."""
+    def _write(self, competition_id, users, copy, docs, whole=True):
+        """One conditional write of every entry that differs; False when the entries changed meanwhile.
+
+        ``whole``: the whole array, conditioned on all of it being as
+        copied (the cheaper write, see the module docstring); otherwise by
+        position, conditioned only on the entries it changes, which lands
+        even while something elsewhere in the board keeps changing.
+        """
         by_user = collections.defaultdict(list)
         for doc in docs:
             by_user[doc["username"]].append(doc)
@@ -288,6 +297,8 @@ class Leaderboard:
             conditions[prefix + "submission_id"] = entry.get("submission_id")
             conditions[prefix + REV] = entry.get(REV)
             sets.update((prefix + key, value) for key, value in wanted.items())
+        if whole:
+            return self._replace(competition_id, copy, sets, fresh)
         appended = self._appended(copy, fresh, conditions, sets)
         if not sets:
             return True
@@ -297,6 +308,38 @@ class Leaderboard:
         self._remember(copy, sets, appended)
         return True
 
+    def _replace(self, competition_id, copy, sets, fresh):
+        """The same changes as one write of the whole array, only if it is still exactly as copied.
+
+        ``sets`` holds the positional changes ``leaderboard.<n>.<field>``;
+        each changed entry keeps every field the backend wrote, and the
+        new users' entries go at the end. The copy becomes the array as
+        written.
+        """
+        if not sets and not fresh:
+            return True
+        replacement = list(copy.raw)
+        for path, value in sets.items():
+            _, number, field = path.split(".")
+            number = int(number)
+            if replacement[number] is copy.raw[number]:
+                replacement[number] = dict(copy.raw[number])
+            replacement[number][field] = value
+        replacement.extend(self._new_entries(fresh))
+        self.writes += 1
+        if not self._timed(self.store.replace_board, competition_id, copy.raw, replacement):
+            return False
+        self._copies[competition_id] = Copy(replacement)
+        return True
+
+    def _new_entries(self, fresh):
+        """Entries for the users ``{name: owned fields}`` who have none, in name order, with their career earnings."""
+        if not fresh:
+            return []
+        earnings = self._timed(self.store.career_earnings, list(fresh))
+        return [{"username": username, **wanted, "earnings": {"career": earnings[username], "competition": {"usd": 0, "nmr": 0}}}
+                for username, wanted in sorted(fresh.items())]
+
     def _appended(self, copy, fresh, conditions, sets):
         """Entries for users without one, appended by position after the ``len(copy)`` known ones.
 
@@ -305,7 +348,6 @@ class Leaderboard:
         """
         if not fresh:
             return []
-        earnings = self._timed(self.store.career_earnings, list(fresh))
         length = len(copy)
         if length:
             conditions["leaderboard.%d" % (length - 1)] = {"$exists": True}
@@ -313,12 +355,9 @@ class Leaderboard:
             conditions["leaderboard"] = {"$size": 0}
         conditions["leaderboard.%d" % length] = {"$exists": False}
         conditions["leaderboard.username"] = {"$nin": list(fresh)}
-        appended = []
-        for number, (username, wanted) in enumerate(sorted(fresh.items())):
-            entry = {"username": username, **wanted,
-                     "earnings": {"career": earnings[username], "competition": {"usd": 0, "nmr": 0}}}
+        appended = self._new_entries(fresh)
+        for number, entry in enumerate(appended):
             sets["leaderboard.%d" % (length + number)] = entry
-            appended.append(entry)
         return appended
 
     # -- reconciliation ---------------------------------------------------------------
@@ -381,8 +420,9 @@ class Leaderboard:
                 found[username] = "stale"
             elif owned(copy.entries[position]) != desired_entry(target):
                 found[username] = "verdicts"
-        if found and self._write(competition_id, {name: set() for name in found}, copy,
-                                 [doc for name in found for doc in by_user[name]]):
+        users, shown = {name: set() for name in found}, [doc for name in found for doc in by_user[name]]
+        if found and (self._write(competition_id, users, copy, shown)
+                      or self._write(competition_id, users, copy, shown, whole=False)):
             repairs.update(found.values())
         elif found:
             self._copies.pop(competition_id, None)  # changed meanwhile: the next pass looks again
@@ -410,14 +450,17 @@ class Leaderboard:
 
     @staticmethod
     def _remember(copy, sets, appended):
-        """Bring the copy in line with a write that matched."""
+        """Bring the copy (both its entries and the array as stored) in line with a positional write that matched."""
         for path, value in sets.items():
             parts = path.split(".")
             if len(parts) == 3:
-                copy.entries[int(parts[1])][parts[2]] = value
+                number = int(parts[1])
+                copy.entries[number][parts[2]] = value
+                copy.raw[number] = dict(copy.raw[number], **{parts[2]: value})
         for entry in appended:
             copy.position.setdefault(entry["username"], len(copy.entries))
             copy.entries.append(dict(entry))
+            copy.raw.append(entry)
 
 
 def stamps(docs):

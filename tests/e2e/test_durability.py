@@ -275,10 +275,14 @@ def metric(text, name, **labels):
     return float(found.group(1)) if found else 0.0
 
 
+#: Players in the thousand-POST test: each submission is POSTed 1000 / PLAYERS times.
+PLAYERS = 40
+
+
 def test_a_thousand_concurrent_posts_score_each_submission_once(storage, start_server):
     rnd = make_round(205, 25, train_rows=1000, validation_rows=600, test_rows=300, live_rows=300)
     make = Predictor(rnd, 25)
-    for number in range(100):
+    for number in range(PLAYERS):
         rnd.add("player%03d" % number, make.model(width=int(make.rng.integers(3, 7)), noise=0.03),
                 shuffle_seed=number)
     load_round(storage, rnd)
@@ -286,7 +290,7 @@ def test_a_thousand_concurrent_posts_score_each_submission_once(storage, start_s
     db, subs = storage.db, rnd.submissions
     server = start_server()
 
-    requests_to_send = [sub.submission_id for sub in subs] * 10
+    requests_to_send = [sub.submission_id for sub in subs] * (1000 // PLAYERS)
     random.Random(25).shuffle(requests_to_send)
     results = []
     lock = threading.Lock()
@@ -318,14 +322,14 @@ def test_a_thousand_concurrent_posts_score_each_submission_once(storage, start_s
     assert codes == {202: 1000}, [r for r in results if r[1] != 202][:5]
 
     docs = wait_finished(db, subs, 120, server.tail)
-    print("all 100 done %.2fs after the first POST" % (time.monotonic() - started))
+    print("all %d done %.2fs after the first POST" % (PLAYERS, time.monotonic() - started))
     for sub in subs:
         doc = docs[sub.submission_id]
         assert_verdicts(doc, expected[sub.submission_id], server.tail())
         assert doc["processing"]["attempts"] == 1, (sub.submission_id, doc["processing"])
     wait_board_settled(db, rnd.competition_id)
     counts = collections.Counter(entry["username"] for entry in leaderboard(db, rnd.competition_id))
-    assert len(counts) == 100 and set(counts.values()) == {1}
+    assert len(counts) == PLAYERS and set(counts.values()) == {1}
 
     # Every request that queued (duplicate: false) was scored exactly once: no acceptance lost or doubled.
     # Copies arriving while a submission is queued or being scored answer duplicate: true; a copy arriving

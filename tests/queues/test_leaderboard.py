@@ -233,11 +233,17 @@ class Interrupted:
     def __getattr__(self, name):
         return getattr(self.store, name)
 
-    def write_board(self, *args):
+    def _interrupted(self, write, *args):
         if self.meanwhile:
             self.meanwhile.pop(0)()
-        self.matched.append(self.store.write_board(*args))
+        self.matched.append(write(*args))
         return self.matched[-1]
+
+    def write_board(self, *args):
+        return self._interrupted(self.store.write_board, *args)
+
+    def replace_board(self, *args):
+        return self._interrupted(self.store.replace_board, *args)
 
 
 @pytest.mark.parametrize("stale", ["older submission", "older revision"])
@@ -341,3 +347,28 @@ def test_moving_to_a_newer_submission_at_the_same_revision_writes_every_field(rn
     assert entry["logloss"] == {"validation": 0.68, "consistency": 75.0}
     assert entry["concordant"] == {"pending": False, "value": True}
     assert_in_line(rnd)
+
+
+def test_a_backend_writing_elsewhere_on_the_board_is_kept_and_does_not_stop_the_writer(rnd, board):
+    """The backend writes another user's entry before each of the writer's writes: the whole-array
+    write matches nothing; the second try, by position, is not conditioned on that entry and lands;
+    the backend's writes are kept."""
+    for name in ("alice", "bob"):
+        rnd.dispatch(rnd.submit(name))
+        board.touch(ROUND, name)
+    board.flush(board.take(0))
+    newer = rnd.submit("alice")
+    rnd.dispatch(newer)
+
+    def backend(paid):
+        return lambda: rnd.db.competitions.update_one({"_id": ROUND, "leaderboard.username": "bob"},
+                                                      {"$set": {"leaderboard.$.paid": paid}})
+    interrupted = Interrupted(rnd.store, [backend(1), backend(2)])
+    writer = Leaderboard(interrupted, threading.Event())
+    writer.touch(ROUND, "alice")
+    writer.flush(writer.take(0))
+    assert interrupted.matched == [False, True] and writer.pending() == 0
+    assert rnd.entry("bob")["paid"] == 2
+    assert rnd.entry("alice")["submission_id"] == newer
+    assert_in_line(rnd)
+

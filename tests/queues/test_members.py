@@ -310,7 +310,7 @@ operations = st.lists(st.one_of(
 ), min_size=1, max_size=25)
 
 
-@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(ops=operations)
 def test_any_backend_history_gives_a_fresh_querys_answer(real_store, real_db, ops):
     real_db.submissions.delete_many({})

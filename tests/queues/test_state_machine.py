@@ -172,9 +172,12 @@ class Servers(RuleBasedStateMachine):
         assert competition.get("rescore") is None, competition.get("rescore")
         closed = [summary["run"] for summary in competition.get("rescores", [])]
         assert len(closed) == len(set(closed)), closed
-        for doc in self.db.submissions.find({"history": {"$exists": True}}, {"history.run": 1}):
-            runs = [entry["run"] for entry in doc["history"]]
+        for doc in self.db.submissions.find({"history": {"$exists": True}}, {"history.run": 1, "history.finished_at": 1}):
+            runs = [entry["run"] for entry in doc["history"] if entry.get("run") is not None]
             assert len(runs) == len(set(runs)) and set(runs) <= set(closed), (doc["_id"], runs, closed)
+            # a re-POST keeps the judgement it replaces (run None) once, however often its write was retried
+            replaced = [entry["finished_at"] for entry in doc["history"] if entry.get("run") is None]
+            assert len(replaced) == len(set(replaced)), (doc["_id"], replaced)
 
 
 @pytest.fixture(scope="module")
@@ -204,5 +207,5 @@ def machine(real_mongo_url, round_frames, round_zip, tmp_path_factory):
 
 def test_servers_that_accept_step_crash_recover_and_race_keep_a_right_record(machine):
     run_state_machine_as_test(machine, settings=settings(
-        max_examples=110, stateful_step_count=40, deadline=None, derandomize=True,
+        max_examples=60, stateful_step_count=40, deadline=None, derandomize=True,
         suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much]))

@@ -77,7 +77,7 @@ def validation_rows(draw):
     return np.array(eras, dtype=object), np.array(targets), np.array(probabilities)
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=150, deadline=None)
 @given(validation_rows())
 def test_fast_evidence_equals_the_plain_loop(rows):
     assert_same(*rows)
@@ -138,7 +138,7 @@ def losses_near(draw):
     return np.array(values), benchmark
 
 
-@settings(max_examples=500, deadline=None)
+@settings(max_examples=200, deadline=None)
 @given(losses_near())
 def test_a_decision_from_the_mean_is_the_exact_one(case):
     losses, benchmark = case

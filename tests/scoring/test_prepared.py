@@ -367,7 +367,7 @@ def random_rules(rng):
 def test_random_rounds_agree_with_the_plain_rule(options):
     rng = np.random.default_rng(8)
     verdicts, exact = [], 0
-    for _ in range(400):
+    for _ in range(200):
         vectors = random_round(rng)
         rules_variants = (Rules(), random_rules(rng), random_rules(rng))
         grid_points = int(rng.choice(GRIDS))

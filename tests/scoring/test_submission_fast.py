@@ -120,7 +120,7 @@ def files(draw):
     return raw, ids
 
 
-@settings(max_examples=1000, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(files())
 def test_any_file_reads_as_the_plain_reader_reads_it(case):
     raw, ids = case
@@ -145,7 +145,7 @@ def one_byte_off(draw):
     return raw, ids
 
 
-@settings(max_examples=1000, deadline=None)
+@settings(max_examples=400, deadline=None)
 @given(one_byte_off())
 def test_a_good_file_one_byte_off_reads_as_the_plain_reader_reads_it(case):
     raw, ids = case
