@@ -57,6 +57,7 @@ import pymongo.errors
 from bson import ObjectId
 
 from queues.config import secret_key
+from queues.fields import shown
 from queues.store import FAILED, utcnow
 
 log = logging.getLogger(__name__)
@@ -81,7 +82,9 @@ FIGURES_SECONDS = 5.0
 #: How much of a failed answer's body goes into the event's last error.
 ANSWER_SNIPPET = 200
 #: How often an idle loop looks at the stop flag.
-STOP_POLL = 0.2
+STOP_POLL = 0.5
+#: How long the poller waits after the database failed it (one warning each time, not one a second).
+OUTAGE_PAUSE = 10.0
 
 
 # -- events -----------------------------------------------------------------------------
@@ -176,11 +179,21 @@ class Recorder:
 
         The revision counts the submission's judgements: one more than the
         last event's, read under the claim (only a claim settles, so no
-        other judgement can come between).
+        other judgement can come between). A ``notifications`` that is not
+        ours to extend (not an object, or events that are not one) would
+        make the settling write fail, and the submission never settle: it
+        is the service's own field, so it is replaced whole.
         """
-        previous = (doc.get("notifications") or {}).get("revision") if isinstance(doc.get("notifications"), dict) else None
+        notes = doc.get("notifications")
+        usable = isinstance(notes, dict) and isinstance(notes.get("events", {}), dict)
+        previous = notes.get("revision") if usable else None
         revision = (previous if isinstance(previous, int) and not isinstance(previous, bool) else 0) + 1
         event_id, event = new_event(JUDGED, now, judged_data(doc, fields, revision), revision)
+        if "notifications" in doc and not usable:
+            log.warning("%s: notifications was %s, not the service's events; replaced by the new event's",
+                        doc["_id"], shown(notes))
+            return {"notifications": {"events": {event_id: event}, "due": now, "token": ObjectId(), "holder": None,
+                                      "revision": revision}}
         return dict(recording(event_id, event, now), **{"notifications.revision": revision})
 
     def rescored(self, competition_id, summary, now):
@@ -580,8 +593,8 @@ class Notifier:
                 pause = self.poll()
             except Exception as exc:  # the database may be away: the events wait in it
                 log.warning("could not read or claim due webhook events (%s: %s); next try in %.0fs",
-                            type(exc).__name__, exc, POLL_SECONDS)
-                pause = POLL_SECONDS
+                            type(exc).__name__, exc, OUTAGE_PAUSE)
+                pause = OUTAGE_PAUSE
             deadline = time.monotonic() + pause
             while not self.stop.is_set() and not self.wake.wait(min(STOP_POLL, max(0.0, deadline - time.monotonic()))):
                 if time.monotonic() >= deadline:

@@ -16,6 +16,7 @@ import re
 import threading
 
 import mongomock
+import pymongo.errors
 import pytest
 from bson import ObjectId
 
@@ -184,6 +185,22 @@ def test_each_judgement_has_its_event_and_a_higher_revision(make_node, world, mo
     assert data_of(recorded[-1][1]) == the_document_says(doc)
     assert sorted(request.payload["data"]["revision"] for request in receiver.received) == [1, 2]
     assert len({request.event_id for request in receiver.received}) == 2
+
+
+@pytest.mark.parametrize("junk", [None, "text", {"events": ["not", "a", "map"], "revision": 7}])
+def test_a_notifications_field_that_is_not_ours_to_extend_never_stops_the_settle(make_node, world, model, real_db,
+                                                                                junk, caplog):
+    with Receiver(SECRET) as receiver:
+        node = make_node(receiver.url)
+        sid = world.submit(real_db, "alice", model(1))
+        real_db.submissions.update_one({"_id": ObjectId(sid)}, {"$set": {"notifications": junk}})
+        judge(node, sid)
+        assert step(node) == ["delivered"]
+    doc = real_db.submissions.find_one({"_id": ObjectId(sid)})
+    assert doc["processing"]["state"] == "done"
+    (_, event), = events(real_db, sid)
+    assert event["revision"] == 1 and data_of(event) == the_document_says(doc)
+    assert any(record.getMessage().startswith(sid + ": notifications was ") for record in caplog.records)
 
 
 def test_no_event_is_recorded_when_webhooks_are_off(real_db, files, tmp_path, world, model):
@@ -385,6 +402,30 @@ def test_judging_goes_on_while_every_delivery_thread_hangs(make_node, world, mod
             for thread in threads:
                 thread.join(30)
         assert not any(thread.is_alive() for thread in threads)
+
+
+def test_a_database_outage_is_one_warning_per_pause_not_one_a_second(make_node, caplog):
+    class Away:
+        def find(self, *args, **kwargs):
+            raise pymongo.errors.AutoReconnect("connection refused")
+    with Refusing() as refusing:
+        node = make_node(refusing.url)
+        node.notifier.outboxes = (notify.Outbox(Away(), str),)
+        warned = threading.Event()
+        handler = logging.Handler()
+        handler.emit = lambda record: "could not read or claim" in record.getMessage() and warned.set()
+        notify.log.addHandler(handler)
+        thread = threading.Thread(target=node.notifier.poll_loop, daemon=True)
+        try:
+            thread.start()
+            assert warned.wait(30)
+        finally:
+            node.pipeline.stop.set()
+            thread.join(30)
+            notify.log.removeHandler(handler)
+    lines = [record.getMessage() for record in caplog.records if "could not read or claim" in record.getMessage()]
+    assert lines == ["could not read or claim due webhook events (AutoReconnect: connection refused); next try in 10s"]
+    assert not thread.is_alive()
 
 
 # -- round.rescored ------------------------------------------------------------------------------------
