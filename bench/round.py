@@ -18,13 +18,22 @@ SecantusDB process's CPU seconds from the first POST to the last verdict
 (``service_cpu_s``: this process's, the benchmark's own requests
 included). The commands the service sends are counted on its client by
 pymongo's command monitoring, by the thread that sent them:
-``round_trips_per_submission`` is the intake's and the pipeline workers'
-commands over the submissions, ``rt_<command>`` its parts. The leaderboard
-writer's are apart: ``board_writes`` updates of the leaderboard, carrying
-``board_entries`` entries, for ``board_changes`` transitions that changed
-what it shows; ``board_commands`` all of the writer's commands (its reads
-and stamp clearing too). ``background_commands`` are the recovery sweep's
-and the lease keeper's, which run on a timer.
+``round_trips_per_submission`` is the intake's, the pipeline workers' and
+the members' change stream's commands over the submissions,
+``rt_<command>`` the workers' parts and ``rt_stream`` the stream's
+getMores. The leaderboard writer's are apart: ``board_writes`` updates of
+the leaderboard, carrying ``board_entries`` entries, for
+``board_changes`` transitions that changed what it shows;
+``board_commands`` all of the writer's commands (its reads and stamp
+clearing too); ``board_rtt_s`` their round-trip time as the client saw
+it (an upper bound: it includes waiting behind every other command).
+What the writer cost the database is estimated once the round is done,
+on the idle database (:func:`board_cost`): ``board_db_cpu_est_s`` and its
+share of ``db_cpu_s``, ``board_db_share``. ``background_commands`` are
+the recovery sweep's and the lease keeper's, which run on a timer.
+``processes`` is how many server processes judged the round (this one).
+``--rescore`` then re-scores the whole judged round over HTTP and reports
+``rescore_s`` and its CPU (not a target).
 
 The baseline is only the 2017 optimized originality loop for the same
 round (each submission against every earlier user's), timed on a sample
@@ -72,6 +81,8 @@ def add_arguments(parser):
     parser.add_argument("--pairs", type=int, default=1, help="with --notify-down: pairs of runs, alternating which goes first")
     parser.add_argument("--timeout", type=float, default=600, help="give up after this many seconds")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--rescore", action="store_true",
+                        help="then re-score the whole judged round over HTTP and report its time (not a target)")
 
 
 def frames(generator, args):
@@ -222,7 +233,65 @@ def judge(app, docs, db, database, watch, timeout):
     return seconds, board_seconds, cpu, own
 
 
-def run_round(root, docs, timeout, checks, notify_url=None):
+def board_cost(db, database, watch, repeats=10):
+    """The leaderboard writer's database CPU in the round, estimated on the idle database afterwards.
+
+    While the round runs, the writer's commands wait behind everyone
+    else's, so their round-trip time says little about what they cost the
+    database. Once the round is done, each kind of command the writer
+    sends per write (read the touched submissions by id, the positional
+    conditional write of the average number of entries a write carried,
+    the stamp clearing) is replayed ``repeats`` times against the finished
+    board, and the database's CPU per write is multiplied by the writes.
+    """
+    entries = db.competitions.find_one({"_id": ROUND})["leaderboard"]
+    per_write = max(1, round(watch.entries / watch.writes)) if watch.writes else 1
+    chosen = entries[:per_write]
+    conditions, sets = {}, {}
+    for number, entry in enumerate(chosen):
+        prefix = "leaderboard.%d." % number
+        conditions.update({prefix + "username": entry["username"], prefix + "submission_id": entry["submission_id"],
+                           prefix + "criteria_rev": entry.get("criteria_rev")})
+        sets.update((prefix + key, entry.get(key)) for key in ("logloss", "concordant", "original", "criteria_rev",
+                                                             "submission_id"))
+    ids = [entry["submission_id"] for entry in chosen]
+    before = database.cpu_seconds()
+    for _ in range(repeats):
+        list(db.submissions.find({"_id": {"$in": ids}}, {"username": 1, "created": 1, "processing.rev": 1}))
+        db.competitions.update_one({"_id": ROUND, **conditions}, {"$set": sets})
+        db.submissions.update_many({"_id": {"$in": ids}, "processing.board": {"$in": [None]}},
+                                   {"$unset": {"processing.board": ""}})
+    each = (database.cpu_seconds() - before) / repeats
+    return {"board_db_cpu_per_write_ms": round(each * 1e3, 1), "board_db_cpu_est_s": round(each * watch.writes, 2)}
+
+
+def rescore_round(app, database, timeout):
+    """Re-score the whole judged round over HTTP, as an operator would; its seconds and CPU.
+
+    Every submission goes through the pipeline again (re-queued with its
+    judgement kept in history, claimed, judged); the run closes when all
+    are settled. Polled every half second through the API.
+    """
+    http = app.test_client()
+    headers = {"X-API-Key": API_KEY}
+    cpu_before, own_before = database.cpu_seconds(), service_cpu_seconds()
+    started = time.perf_counter()
+    answer = http.post("/rounds/%d/rescore" % ROUND, headers=headers)
+    if answer.status_code != 202:
+        raise BenchmarkError("re-score answered %s: %s" % (answer.status_code, answer.get_data()))
+    run = answer.get_json()["run"]
+
+    def finished():
+        status = http.get("/rounds/%d/rescore?run=%s" % (ROUND, run), headers=headers).get_json()
+        return status.get("status") == "finished" and status
+    seconds = wait_until(finished, started, timeout, "re-score not finished")
+    status = finished()
+    return {"rescore_s": round(seconds, 1), "rescore_db_cpu_s": round(database.cpu_seconds() - cpu_before, 1),
+            "rescore_service_cpu_s": round(service_cpu_seconds() - own_before, 1),
+            "rescore_submissions": status["submissions"], "rescore_changed": status["changed"]}
+
+
+def run_round(root, docs, timeout, checks, rescore=False, notify_url=None):
     """Judge every document through the real service on SecantusDB in its own process.
 
     ``checks(db)`` runs on the finished round before the database stops.
@@ -254,6 +323,8 @@ def run_round(root, docs, timeout, checks, notify_url=None):
                 seconds, board_seconds, cpu, service_cpu = judge(app, docs, db, database, watch, timeout)
                 counts = collections.Counter(commands.counts)
                 board_db = sum(commands.seconds[thread] for thread in BOARD_THREADS)
+                calibrated = board_cost(client[DB_NAME], database, watch)
+                rescored = rescore_round(app, database, timeout) if rescore else {}
             finally:
                 stop()
             extra = checks(db)
@@ -261,9 +332,12 @@ def run_round(root, docs, timeout, checks, notify_url=None):
             own.close()
             client.close()
     figures = {"seconds": seconds, "board_s": board_seconds, "db_cpu_s": cpu, "service_cpu_s": service_cpu,
-               "board_db_s": board_db, "board_db_share": round(board_db / cpu, 3) if cpu else None, "processes": 1}
+               "board_rtt_s": board_db, "processes": 1}
     figures.update(command_figures(counts, watch, len(docs)))
     figures.update(extra)
+    figures.update(calibrated)
+    figures["board_db_share"] = round(calibrated["board_db_cpu_est_s"] / cpu, 3) if cpu else None
+    figures.update(rescored)
     return figures
 
 
@@ -357,7 +431,7 @@ def run(args):
                 raise BenchmarkError("%d submissions failed" % failed)
             check_board(db, args.users)
             return {"verified_pairs": verify(db, docs, predictions, args.verify, rules)}
-        figures = run_round(root, docs, args.timeout, checks)
+        figures = run_round(root, docs, args.timeout, checks, rescore=args.rescore)
     seconds = figures.pop("seconds")
     fields = {"rows": args.rows, "users": args.users, "store": store_name(), "seconds": round(seconds, 1),
               "per_submission_ms": round(seconds * 1e3 / args.users, 1)}

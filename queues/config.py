@@ -18,9 +18,9 @@ REQUIRED = ("MONGO_URL", "MONGO_DB_NAME", "S3_UPLOAD_BUCKET", "S3_DATASET_BUCKET
 #: Every variable the server reads, in the order env.sh.example lists them: problems are reported in
 #: this order, so the list an operator works through matches the file they edit (RULE_* come last).
 ORDER = REQUIRED + ("PORT", "HOST", "S3_ENDPOINT_URL", "CACHE_DIR", "ORIGINALITY_THREADS", "HTTP_THREADS",
-                    "MONGO_TIMEOUT_MS", "STOP_TIMEOUT", "RECOVERY_INTERVAL", "LEASE_SECONDS", "WEB_CONCURRENCY",
-                    "LATE_FILE_SECONDS", "ROUND_IDLE_SECONDS", "ROUND_MEMORY_MB", "SERVER_NAME", "LOG_LEVEL",
-                    "NOTIFY_URL", "NOTIFY_SECRET", "NOTIFY_TIMEOUT", "NOTIFY_MAX_AGE")
+                    "MONGO_TIMEOUT_MS", "STOP_TIMEOUT", "RECOVERY_INTERVAL", "RECONCILE_INTERVAL", "LEASE_SECONDS",
+                    "WEB_CONCURRENCY", "LATE_FILE_SECONDS", "ROUND_IDLE_SECONDS", "ROUND_MEMORY_MB", "SERVER_NAME",
+                    "LOG_LEVEL", "NOTIFY_URL", "NOTIFY_SECRET", "NOTIFY_TIMEOUT", "NOTIFY_MAX_AGE")
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 #: What a webhook secret is (Standard Webhooks): this prefix, then base64 of 24 to 64 random bytes.
 SECRET_PREFIX = "whsec_"
@@ -83,6 +83,7 @@ class Config:
     mongo_timeout_ms: int = 3000
     stop_timeout: float = 15.0
     recovery_interval: float = 10.0
+    reconcile_interval: float = 300.0
     lease_seconds: float = 30.0
     server_name: str = ""  # recorded with every verdict; empty: hostname:pid
     late_file_seconds: float = 300.0  # how long another user's missing file may still arrive
@@ -228,6 +229,7 @@ def from_env(environ=None, use_local=False, local_dir="local"):
         mongo_timeout_ms=_number(environ, problems, "MONGO_TIMEOUT_MS", 3000),
         stop_timeout=_number(environ, problems, "STOP_TIMEOUT", 15.0, float),
         recovery_interval=_number(environ, problems, "RECOVERY_INTERVAL", 10.0, float),
+        reconcile_interval=_number(environ, problems, "RECONCILE_INTERVAL", 300.0, float),
         lease_seconds=_number(environ, problems, "LEASE_SECONDS", 30.0, float),
         server_name=environ.get("SERVER_NAME", ""),
         late_file_seconds=_number(environ, problems, "LATE_FILE_SECONDS", 300.0, float),

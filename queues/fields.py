@@ -58,6 +58,11 @@ def round_number(value):
     return None
 
 
+def usable_name(value):
+    """Whether ``value`` can be a user's name: non-empty text."""
+    return isinstance(value, str) and bool(value.strip())
+
+
 def problem(doc, field):
     """What is wrong with ``doc[field]`` for the service, or None when it is usable."""
     if field not in doc:

@@ -48,7 +48,7 @@ import logging
 import threading
 import time
 
-from queues.fields import round_number
+from queues.fields import round_number, usable_name
 from queues.store import PENDING, REV
 
 log = logging.getLogger(__name__)
@@ -108,7 +108,8 @@ class Copy:
         self.entries = [entry if isinstance(entry, dict) else {} for entry in entries]
         self.position = {}
         for number, entry in enumerate(self.entries):
-            self.position.setdefault(entry.get("username"), number)
+            if usable_name(entry.get("username")):
+                self.position.setdefault(entry["username"], number)
 
     def __len__(self):
         return len(self.entries)
@@ -146,7 +147,7 @@ class Leaderboard:
         A round or user the service cannot use (see :mod:`queues.fields`) has no entry to bring in line.
         """
         competition_id = round_number(competition_id)
-        if competition_id is None or not isinstance(username, str) or not username:
+        if competition_id is None or not usable_name(username):
             return
         with self._changed:
             self._active.setdefault(competition_id, self.clock())
@@ -255,11 +256,11 @@ class Leaderboard:
         docs, elsewhere = [], []
         for doc in self._timed(self.store.board_docs, list(ids)):
             where, name = round_number(doc.get("competition_id")), doc.get("username")
-            if where == competition_id and isinstance(name, str) and name in users:
+            if where == competition_id and usable_name(name) and name in users:
                 docs.append(doc)
-            elif where is not None and where != competition_id and isinstance(name, str):
+            elif where is not None and where != competition_id and usable_name(name):
                 self.touch(where, name, doc["_id"])
-            elif where is None or not isinstance(name, str):
+            elif where is None or not usable_name(name):
                 elsewhere.append(doc)
         return docs, elsewhere
 
@@ -362,12 +363,12 @@ class Leaderboard:
             repairs["duplicate"] += 1
         copy = self._copy(competition_id)
         docs = self._timed(self.store.round_board_docs, competition_id)
-        pending = {doc.get("username") for doc in docs if (doc.get("processing") or {}).get("board")}
+        named = [doc for doc in docs if usable_name(doc.get("username"))]
+        pending = {doc["username"] for doc in named if isinstance(doc.get("processing"), dict) and doc["processing"].get("board")}
         by_user = collections.defaultdict(list)
-        for doc in docs:
-            name = doc.get("username")
-            if isinstance(name, str) and name not in pending:
-                by_user[name].append(doc)
+        for doc in named:
+            if doc["username"] not in pending:
+                by_user[doc["username"]].append(doc)
         found = {}
         for username, mine in by_user.items():
             target = newest(mine)
@@ -397,7 +398,7 @@ class Leaderboard:
         seen, kept = set(), []
         for entry in entries:
             name = entry.get("username") if isinstance(entry, dict) else None
-            if isinstance(name, str):
+            if usable_name(name):
                 if name in seen:
                     continue
                 seen.add(name)

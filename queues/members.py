@@ -165,7 +165,7 @@ class RoundMembers:
             found = {}
             for oid, member in members.items():
                 name = member.get("username")
-                if isinstance(name, str) and name in usernames:
+                if fields.usable_name(name) and name in usernames:
                     found.setdefault(name, []).append(oid)
             return found
 

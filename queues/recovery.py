@@ -16,7 +16,6 @@ times per lease period, in one write for all of them.
 import logging
 import os
 
-from queues.fields import round_number
 from queues.pipeline import DISPATCH, Job
 
 log = logging.getLogger(__name__)
@@ -74,7 +73,7 @@ class Recovery:
         if self.board is not None:
             unshowable = []
             for competition_id, username, oid, stamp in self.store.stamped(10 * self.batch):
-                if round_number(competition_id) is None or not isinstance(username, str):
+                if competition_id is None or username is None:
                     unshowable.append((oid, stamp))  # on no leaderboard: nothing to bring in line
                 else:
                     self.board.touch(competition_id, username, oid)

@@ -350,7 +350,8 @@ class Rounds:
         by_id = {other["submission_id"]: other for other in others}
         while True:
             try:
-                return rnd.index.explain(values, keys, rules), left_out
+                # the candidate was added at dispatch: its sketch is reused when it is of these values
+                return rnd.index.explain(values, keys, rules, key=candidate), left_out
             except (OtherFileFailed, ExactValuesChanged) as exc:
                 why = exc.reason if isinstance(exc, OtherFileFailed) else "the file changed after it was first read"
                 rnd.index.discard(exc.key)

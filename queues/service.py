@@ -67,7 +67,8 @@ def build_pipeline(config, store, files=None, alive=process_alive):
                     memory_bytes=config.round_memory_mb * 2 ** 20, metrics=metrics)
     supervisor = Supervisor(pipeline.stop, metrics)
     members = RoundMembers(store, pipeline.stop)
-    board = Leaderboard(store, pipeline.stop, members=members, metrics=metrics)
+    board = Leaderboard(store, pipeline.stop, members=members, metrics=metrics,
+                        reconcile_seconds=config.reconcile_interval)
     shared = dict(store=store, rounds=rounds, rules=config.rules, metrics=metrics, board=board, members=members,
                   provenance=Provenance.current(config.server_name))
     workers = {DISPATCH: Dispatcher(pipeline, **shared), CONCORDANCE: ConcordanceWorker(pipeline, **shared),

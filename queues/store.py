@@ -31,7 +31,7 @@ import socket
 import pymongo.errors
 from bson import ObjectId
 
-from queues.fields import shown
+from queues.fields import round_number, shown, usable_name
 
 log = logging.getLogger(__name__)
 
@@ -74,15 +74,6 @@ def utcnow():
 def owner_name(port=0):
     """Who holds a lease: host, port and process id, so a restart can tell its own dead leases."""
     return "%s:%s:%d" % (socket.gethostname(), port, os.getpid())
-
-
-def hashable(value):
-    """``value``, or its repr when it cannot be a set member (a backend's list or object)."""
-    try:
-        hash(value)
-    except TypeError:
-        return repr(value)
-    return value
 
 
 def owner_prefix(owner):
@@ -622,14 +613,16 @@ class Store:
                 {"$unset": {"processing.board": ""}})
 
     def stamped(self, limit):
-        """``{(competition_id, username, _id, stamp)}`` of submissions whose leaderboard change is not yet confirmed.
+        """``{(round, username, _id, stamp)}`` of submissions whose leaderboard change is not yet confirmed.
 
-        The round and user are as the document holds them, whatever their
-        type (the caller decides what an unusable one means).
+        The round and user are None when the document holds none the
+        service can use (see :mod:`queues.fields`): such a submission is on
+        no leaderboard.
         """
         found = self.submissions.find({"processing.board": {"$exists": True}},
                                       {"competition_id": 1, "username": 1, "processing.board": 1}).limit(limit)
-        return {(hashable(doc.get("competition_id")), hashable(doc.get("username")), doc["_id"],
+        return {(round_number(doc.get("competition_id")),
+                 doc["username"] if usable_name(doc.get("username")) else None, doc["_id"],
                  doc["processing"]["board"]) for doc in found}
 
     def ensure_indexes(self):

@@ -15,6 +15,8 @@ import queue
 import random
 import time
 
+from bson import ObjectId
+
 from queues import fields
 from queues.errors import (PERMANENT, LateFile, MalformedSubmission, MissingSubmission, is_misconfiguration, is_transient,
                            misconfiguration, reason)
@@ -193,6 +195,8 @@ class Dispatcher(Worker):
         sid = job.submission_id
         if job.claim is None:
             job.claim = self.store.claim(sid, token=job.token)
+            if job.claim is None and job.token is not None:
+                job.claim = self.accept_again(job)
             if job.claim is None:
                 log.info("%s: nothing to claim (finished, gone, or another worker holds it)", sid)
                 return "skipped"
@@ -211,6 +215,24 @@ class Dispatcher(Worker):
                 self.pipeline.put(stage, Job(sid, claim=claim, predictions=job.predictions,
                                              predictions_version=job.predictions_version, verdicts=job.verdicts))
         return "ok"
+
+    def accept_again(self, job):
+        """The claim of an accepted submission whose document the backend rewrote meanwhile, or None.
+
+        A rewrite (``replace_one``) drops ``processing`` and with it the
+        intake's lease, while a repeated POST of the same id is answered
+        from this process's memory as already queued: the 202 promised a
+        judgement, so the submission is accepted again here.
+        """
+        doc = self.store.get(job.submission_id)
+        processing = (doc or {}).get("processing")
+        if doc is None or (isinstance(processing, dict) and processing.get("state")):
+            return None
+        log.info("%s: the document was rewritten after it was accepted; accepting it again", job.submission_id)
+        job.token = ObjectId()
+        if self.store.accept_many([job.submission_id], job.token) != ["queued"]:
+            return None
+        return self.store.claim(job.submission_id, token=job.token)
 
     def measure(self, job, rnd):
         """:meth:`consistency_fields` of the job on ``rnd``, its predictions prepared for originality; writes nothing.

@@ -15,7 +15,7 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 PACKAGES = ("queues", "scoring")
-SHIPPED = [REPO / "server"] + sorted(path for folder in PACKAGES + ("bench",) for path in (REPO / folder).glob("*.py"))
+SHIPPED = [REPO / "server"] + sorted(path for folder in PACKAGES + ("bench",) for path in (REPO / folder).rglob("*.py"))
 
 
 def defined(tree):
@@ -50,10 +50,11 @@ def parsed():
     return {path: ast.parse(path.read_text(), str(path)) for path in SHIPPED}
 
 
-MODULES = [path for path in SHIPPED if path.parent.name in PACKAGES and path.name != "__init__.py"]
+#: Every module of the packages, subpackages included (queues/http/...).
+MODULES = [path for path in SHIPPED if path.relative_to(REPO).parts[0] in PACKAGES and path.name != "__init__.py"]
 
 
-@pytest.mark.parametrize("module", MODULES, ids=lambda path: "%s/%s" % (path.parent.name, path.name))
+@pytest.mark.parametrize("module", MODULES, ids=lambda path: str(path.relative_to(REPO)))
 def test_every_name_a_module_defines_is_used_by_shipped_code(module):
     trees = parsed()
     elsewhere = set()

@@ -10,6 +10,7 @@ polling a condition with a deadline (:func:`wait_for`).
 """
 import dataclasses
 import datetime
+import io
 import os
 import signal
 import socket
@@ -21,6 +22,7 @@ from pathlib import Path
 
 import boto3
 import botocore.config
+import botocore.exceptions
 import numpy as np
 import pandas as pd
 import pymongo
@@ -30,8 +32,9 @@ from bson import ObjectId
 
 from queues import demo
 from queues.local import answers
-from scoring import concordance, consistency, originality
+from scoring import concordance, dataset
 from scoring.rules import Rules
+from tests.oracle import Oracle
 
 REPO = Path(__file__).resolve().parents[2]
 #: The script under test: the real entry point.
@@ -278,6 +281,7 @@ class Round:
     tournament: pd.DataFrame
     submissions: list = dataclasses.field(default_factory=list)
     has_dataset: bool = True
+    storage: object = None  # where load_round put it
 
     @property
     def ids(self):
@@ -341,6 +345,7 @@ class Predictor:
 
 def load_round(storage, rnd, career=None):
     """Put a round where production keeps it: dataset zip and files in S3, documents in MongoDB."""
+    rnd.storage = storage
     if rnd.has_dataset:
         storage.s3.put_object(Bucket=storage.dataset_bucket, Key="%d/numerai_datasets.zip" % rnd.competition_id,
                               Body=demo.dataset_zip(rnd.training, rnd.tournament))
@@ -365,37 +370,45 @@ class Expected:
     original: bool
 
 
-def expected_verdicts(rnd, rules=Rules()):
-    """What each scorable submission of the round should be judged, by ``scoring`` directly.
+class S3Reader:
+    """Submission files as the server reads them, from the test's upload bucket (for the oracle)."""
 
-    Originality compares each submission with everyone else's latest
-    submission created before it in the round, skipping files that cannot
-    be read (as the service does).
+    def __init__(self, storage):
+        self.storage = storage
+
+    def submission(self, username, filename):
+        try:
+            return self.storage.s3.get_object(Bucket=self.storage.upload_bucket,
+                                              Key="%s/%s" % (username, filename))["Body"].read()
+        except botocore.exceptions.ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") in ("NoSuchKey", "404"):
+                raise LookupError("%s/%s is not in storage" % (username, filename)) from None
+            raise
+
+
+def expected_verdicts(rnd, rules=Rules()):
+    """What each submission of the round that must end done should be judged: the one oracle.
+
+    :class:`tests.oracle.Oracle` over the round's documents in MongoDB and
+    files in S3, as the server sees them (so documents a test wrote
+    directly count as they would for the server). The round's tournament
+    rows are read back from the CSV the dataset zip holds, and its clusters
+    computed from the same data and settings as the server's.
     """
+    assert rnd.storage is not None, "load_round(storage, rnd) first: the oracle reads what the server reads"
     t = rnd.tournament
-    valid = (t["data_type"] == "validation").to_numpy()
-    eras = t["era"].astype(str).to_numpy()
-    targets = t["target"].to_numpy(dtype=np.float64)
+    tournament = dataset.read_tournament(io.BytesIO(t.to_csv(index=False).encode()))
     columns = [c for c in t.columns if "feature" in c]
     labels = concordance.fit_clusters(rnd.training[columns].to_numpy(dtype=np.float32),
                                       t[columns].to_numpy(dtype=np.float32), rules)
     groups = concordance.cluster_groups(labels, t["data_type"].to_numpy())
+    oracle = Oracle(rnd.storage.db, S3Reader(rnd.storage), rules, groups, tournament, rnd.competition_id)
     result = {}
     for sub in rnd.submissions:
-        if sub.values is None:
-            continue
-        earlier = {}
-        for other in rnd.submissions:
-            if other.username != sub.username and other.created < sub.created:
-                if other.username not in earlier or other.created > earlier[other.username].created:
-                    earlier[other.username] = other
-        others = [other.values for other in earlier.values() if other.values is not None]
-        result[sub.submission_id] = Expected(
-            consistency=consistency.consistency(eras[valid], targets[valid], sub.values[valid], rules),
-            logloss=consistency.logloss(targets[valid], sub.values[valid], rules.logloss_epsilon),
-            concordant=bool(concordance.concordance(groups, sub.values, rules)[1]),
-            original=bool(originality.is_original(sub.values, others, rules)),
-        )
+        want = oracle.verdicts(sub.submission_id)
+        if want is not None:
+            result[sub.submission_id] = Expected(consistency=want["consistency"], logloss=want["logloss"],
+                                                 concordant=bool(want["concordant"]), original=bool(want["original"]))
     return result
 
 

@@ -25,8 +25,6 @@ from queues.leaderboard import desired_entry, newest
 from queues.pipeline import CONCORDANCE, DISPATCH, ORIGINALITY
 from queues.service import build_app, build_pipeline, build_recovery
 from queues.store import ACTIVE, CHECKS, DONE, FAILED, Store
-from scoring import concordance, consistency, originality
-from scoring.submission import SubmissionError, parse_submission
 
 API_KEY = "harness-key"
 ROUND = 41
@@ -180,37 +178,6 @@ class World:
         db.users.update_one({"username": username}, {"$setOnInsert": {"earnings": {"career": {"usd": 1.0, "nmr": 2.0}}}},
                             upsert=True)
         return sid
-
-
-def plain_verdicts(db, files, rules, groups, tournament_data, sid):
-    """What the plain rules say of one submission, from its file and the documents (None: broken file)."""
-    doc = db.submissions.find_one({"_id": ObjectId(sid)})
-    ids = tournament_data.ids
-
-    def values_of(d):
-        return parse_submission(files.submission(d["username"], d["filename"]), ids)
-
-    try:
-        values = values_of(doc)
-    except SubmissionError:
-        return None
-    latest = {}
-    for other in db.submissions.find({"competition_id": ROUND, "username": {"$ne": doc["username"]},
-                                      "created": {"$lt": doc["created"]}}):
-        mine = latest.get(other["username"])
-        if mine is None or (other["created"], other["_id"]) > (mine["created"], mine["_id"]):
-            latest[other["username"]] = other
-    others = []
-    for other in latest.values():
-        try:
-            others.append(values_of(other))
-        except SubmissionError:
-            pass
-    t = tournament_data
-    valid = t.validation
-    return {"consistency": consistency.consistency(t.eras[valid], t.targets[valid], values[valid], rules),
-            "concordant": concordance.concordance(groups, values, rules)[1],
-            "original": originality.is_original(values, others, rules)}
 
 
 def check_settled(db):

@@ -11,8 +11,10 @@ import pymongo.errors
 import pytest
 from flask import jsonify
 
-from queues import app as app_module
-from queues.app import MAX_BODY_BYTES, create_app
+from queues.http import bodies as bodies_module
+from queues.http import submissions as submissions_module
+from queues.app import create_app
+from queues.http.bodies import MAX_BODY_BYTES
 from queues.config import LOCAL_API_KEY, Config
 from queues.pipeline import DISPATCH
 from tests.conftest import API_KEY
@@ -470,8 +472,23 @@ def test_a_missing_key_says_where_it_goes(client, submit, model):
     assert "README" not in message  # production has no development key to point to
     message = client.get("/submissions/" + sid).get_json()["error"]
     assert "X-API-Key" in message
-    in_url = client.get("/submissions/%s?api_key=%s" % (sid, API_KEY))
-    assert in_url.status_code == 401 and "not in the URL" in in_url.get_json()["error"]
+
+
+@pytest.mark.parametrize("method, path", [("POST", "/"), ("GET", "/submissions/%s"), ("GET", "/submissions/%s/explain"),
+                                          ("GET", "/submissions/%s/report"), ("POST", "/rounds/41/rescore"),
+                                          ("GET", "/rounds/41/rescore")])
+@pytest.mark.parametrize("header", [False, True], ids=["key only in the URL", "and in the header"])
+def test_a_key_in_the_url_gets_the_same_answer_everywhere(store, pipeline, supervisor, metrics, submit, model,
+                                                          method, path, header):
+    """It used to get 401 "required" on POST /, 401 with a reason on GET, and 400 on /explain."""
+    app = create_app(store, pipeline, Config(api_key=API_KEY), supervisor, metrics, rescorer=object())
+    sid = submit("zuz", model(1))
+    url = (path % sid if "%s" in path else path) + "?api_key=" + API_KEY
+    answer = app.test_client().open(url, method=method, json={"submission_id": sid} if path == "/" else None,
+                                    headers={"X-API-Key": API_KEY} if header else {})
+    assert answer.status_code == 400
+    assert "must not be put in a URL" in answer.get_data(as_text=True)
+    assert API_KEY not in answer.get_data(as_text=True)
 
 
 def test_in_local_mode_a_missing_key_points_to_the_readme(store, pipeline, supervisor, metrics, submit, model):
@@ -575,7 +592,7 @@ class Reads:
 @pytest.fixture
 def waiting(store, pipeline, supervisor, metrics, monkeypatch):
     """An app with room for one waiting request, a quick poll, and a store that reports its reads."""
-    monkeypatch.setattr(app_module, "WAIT_POLL", 0.01)
+    monkeypatch.setattr(submissions_module, "WAIT_POLL", 0.01)
     reads = Reads(store)
     client = create_app(reads, pipeline, Config(api_key=API_KEY, http_threads=3), supervisor, metrics).test_client()
     return client, reads
@@ -617,7 +634,7 @@ def test_wait_ends_at_its_deadline_with_the_state_as_it_is(waiting, submit, mode
 
 def test_waits_are_cut_to_the_maximum(waiting, submit, model, monkeypatch):
     client, reads = waiting
-    monkeypatch.setattr(app_module, "MAX_WAIT", 0.05)
+    monkeypatch.setattr(bodies_module, "MAX_WAIT", 0.05)
     sid = submit("zuz", model(1))
     post(client, submission_id=sid, api_key=API_KEY)
     thread, box = get_in_thread(client, "/submissions/%s?wait=1e9" % sid)

@@ -20,7 +20,8 @@ from queues.files import LocalFiles
 from queues.pipeline import CONCORDANCE
 from scoring.rules import Rules
 
-from tests.queues.harness import Crash, Faults, Node, World, check_quiescent, plain_verdicts
+from tests.oracle import Oracle
+from tests.queues.harness import Crash, Faults, Node, World, check_quiescent
 
 
 class RoundBroken(PermanentError):
@@ -136,11 +137,11 @@ def run_path(setting, model_values, path, fail_at, after):
 
 
 def expected_for(db, files, node, ids):
-    """The plain rules' verdicts for every submission (None: its file is broken)."""
+    """The plain rules' verdicts for every submission (None: it must end failed)."""
     rnd = node.workers[CONCORDANCE].rounds.get(41)
     groups = node.workers[CONCORDANCE].rounds.groups(rnd)
-    rules = node.workers[CONCORDANCE].rules
-    return {sid: plain_verdicts(db, files, rules, groups, rnd.tournament, sid) for sid in ids.values()}
+    oracle = Oracle(db, files, node.workers[CONCORDANCE].rules, groups, rnd.tournament)
+    return {sid: oracle.verdicts(sid) for sid in ids.values()}
 
 
 def check_rescored_once(db, ids):

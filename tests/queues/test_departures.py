@@ -44,11 +44,11 @@ class PlainIndex:
     def add(self, key, values):
         self.values[key] = np.array(values, dtype=np.float64)
 
-    def is_original(self, candidate, keys, rules):
-        return originality.is_original(candidate, [self.values[key] for key in keys], rules)
+    def is_original(self, candidate, keys, rules, key=None):
+        return originality.is_original(candidate, [self.values[k] for k in keys], rules)
 
-    def explain(self, candidate, keys, rules):
-        return evidence.originality_evidence(candidate, [(key, self.values[key]) for key in keys], rules)
+    def explain(self, candidate, keys, rules, key=None):
+        return evidence.originality_evidence(candidate, [(k, self.values[k]) for k in keys], rules)
 
 
 @pytest.fixture

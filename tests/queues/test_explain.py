@@ -6,7 +6,7 @@ import pytest
 from bson import ObjectId
 
 from queues import explain
-from queues.app import public
+from queues.http.answers import public
 from scoring import concordance, consistency, evidence
 from scoring.rules import Rules
 

@@ -21,7 +21,7 @@ import pytest
 from bson import ObjectId
 
 from queues import explain, notify
-from queues.app import public
+from queues.http.answers import public
 from queues.config import Config, ConfigError, from_env
 from queues.local import free_port
 from queues.metrics import Metrics

@@ -19,7 +19,8 @@ from queues.rescore import NoSuchRound, describe, differences, judgement, scope
 from queues.store import DONE, FAILED
 from scoring.rules import Rules
 
-from tests.queues.harness import API_KEY, ROUND, Faults, Node, World, check_quiescent, expire_leases, plain_verdicts
+from tests.oracle import Oracle
+from tests.queues.harness import API_KEY, ROUND, Faults, Node, World, check_quiescent, expire_leases
 
 #: The changed rule: a looser correlation limit, which the strongly correlated
 #: but differently spread submission passes and the near copy does not.
@@ -65,7 +66,8 @@ def plain(db, files, node, ids, rules):
     rounds = node.workers[CONCORDANCE].rounds
     rnd = rounds.get(ROUND)
     groups = rounds.groups(rnd)
-    return {sid: plain_verdicts(db, files, rules, groups, rnd.tournament, sid) for sid in ids.values()}
+    oracle = Oracle(db, files, rules, groups, rnd.tournament)
+    return {sid: oracle.verdicts(sid) for sid in ids.values()}
 
 
 def flipped(before, after):

@@ -24,8 +24,8 @@ from queues.files import LocalFiles
 from queues.pipeline import CONCORDANCE, DISPATCH, ORIGINALITY
 from queues.rescore import NoSuchRound
 
-from tests.queues.harness import (ROUND, Crash, Faults, Node, World, check_quiescent, check_settled, expire_leases,
-                                  plain_verdicts)
+from tests.oracle import Oracle
+from tests.queues.harness import ROUND, Crash, Faults, Node, World, check_quiescent, check_settled, expire_leases
 
 USERS = ("alice", "bob", "carol")
 KINDS = ("model 1", "model 2", "copy of 1", "broken")
@@ -165,8 +165,8 @@ class Servers(RuleBasedStateMachine):
         rnd = self.nodes[0].workers[CONCORDANCE].rounds
         loaded = rnd.get(ROUND)
         rules = self.nodes[0].workers[CONCORDANCE].rules
-        expected = {sid: plain_verdicts(self.db, self.files, rules, rnd.groups(loaded), loaded.tournament, sid)
-                    for sid in self.posted}
+        oracle = Oracle(self.db, self.files, rules, rnd.groups(loaded), loaded.tournament)
+        expected = {sid: oracle.verdicts(sid) for sid in self.posted}
         check_quiescent(self.db, expected)
         competition = self.db.competitions.find_one({"_id": ROUND}) or {}
         assert competition.get("rescore") is None, competition.get("rescore")

@@ -23,15 +23,16 @@ from queues.explain import named_originality
 from queues.leaderboard import desired_entry, newest
 from queues.pipeline import CONCORDANCE, DISPATCH, ORIGINALITY, Job, Pipeline
 from queues.recovery import Recovery
-from queues.rounds import Rounds
 from queues.members import RoundMembers
+from queues.rounds import Rounds
 from queues.store import DONE, FAILED, PENDING, QUEUED, SCORING, Store, utcnow
 import scoring
-from scoring import concordance, consistency, evidence, originality
+from scoring import concordance, consistency, evidence
 from scoring.prepared import PreparedRound
 from scoring.submission import SubmissionError, parse_submission
 
 from tests.conftest import ROUND
+from tests.oracle import Oracle
 
 #: Another process of the same server, taking work over from the store fixture's.
 OTHER = "test-host:5151:2"
@@ -124,21 +125,9 @@ def take_over(db, sid):
 
 
 def expected_verdicts(rounds, store, sid, rules):
-    """What the plain rules say, computed straight from the files and documents."""
-    doc = store.get(sid)
+    """What the plain rules say (the one oracle, :mod:`tests.oracle`), from the files and documents as they are."""
     rnd = rounds.get(ROUND)
-    t = rnd.tournament
-    values = rounds.predictions(rnd, doc["username"], doc["filename"])
-    valid = t.validation
-    groups = concordance.cluster_groups(rounds._labels(rnd), t.data_types)
-    others = [rounds.predictions(rnd, o["username"], o["filename"])
-              for o in RoundMembers(store).latest_others(ROUND, doc["username"], doc["created"])[0]]
-    return {
-        "consistency": consistency.consistency(t.eras[valid], t.targets[valid], values[valid], rules),
-        "logloss": consistency.logloss(t.targets[valid], values[valid]),
-        "concordant": concordance.concordance(groups, values, rules)[1],
-        "original": originality.is_original(values, others, rules),
-    }
+    return Oracle(store.db, rounds.files, rules, rounds.groups(rnd), rnd.tournament).verdicts(sid)
 
 
 def board_entry(store, username):
@@ -730,10 +719,9 @@ def test_every_verdict_is_written_with_its_evidence_and_provenance(
         assert found["consistency"]["consistency"] == doc["consistency"]
         assert found["concordance"] == concordance.concordance_evidence(groups, values, rules)
         assert found["concordance"]["concordant"] is doc["concordant"]["value"]
-        others, _ = RoundMembers(store).latest_others(ROUND, doc["username"], doc["created"])
-        readable = [o for o in others if o["username"] != "mallory"]
-        plain = evidence.originality_evidence(
-            values, [(o["submission_id"], rounds.predictions(rnd, o["username"], o["filename"])) for o in readable], rules)
+        compared = Oracle(store.db, rounds.files, rules, groups, t).compared_with(doc)
+        readable = [{"submission_id": str(other["_id"]), "username": other["username"]} for other, _ in compared]
+        plain = evidence.originality_evidence(values, [(str(other["_id"]), found) for other, found in compared], rules)
         left_out = found["originality"]["left_out"]
         assert [(o["submission_id"], o["username"]) for o in left_out] == [(broken, "mallory")]
         assert "no predictions" in left_out[0]["reason"]

@@ -17,12 +17,16 @@ import warnings
 import numpy as np
 import pytest
 import scipy.stats
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from sklearn.metrics import log_loss
 
 from scoring import concordance, consistency, evidence, originality
-from scoring.prepared import PreparedRound, cutoff
+from scoring.bounds import cutoff
+from scoring.prepared import PreparedRound
 from scoring.rules import Rules
 from tests.scoring.test_prepared import (
+    BASES,
     GRIDS,
     build,
     correlated_with,
@@ -201,10 +205,11 @@ def test_no_others():
 
 # ---------------------------------------------------------------- originality, explain
 
+@pytest.mark.parametrize("basis", BASES)
 @pytest.mark.parametrize("grid_points", GRIDS)
-def test_explain_equals_plain_evidence_on_threshold_rounds(grid_points):
+def test_explain_equals_plain_evidence_on_threshold_rounds(grid_points, basis):
     vectors = threshold_round(seed=grid_points)
-    prepared = build(vectors, grid_points)
+    prepared = build(vectors, grid_points, **basis)
     for rules in (Rules(), Rules(max_similar=2), Rules(max_similar=0)):
         for key, candidate in vectors.items():
             others = [k for k in vectors if k != key]
@@ -212,7 +217,8 @@ def test_explain_equals_plain_evidence_on_threshold_rounds(grid_points):
                 explained(prepared, vectors, candidate, others, rules, **options)
 
 
-def test_explain_on_ties_in_the_closest_lists():
+@pytest.mark.parametrize("basis", BASES)
+def test_explain_on_ties_in_the_closest_lists(basis):
     """Several pairs at the same KS and the same |correlation|: position breaks the tie."""
     rng = np.random.default_rng(2)
     base = distinct_values(rng, 800)
@@ -222,7 +228,7 @@ def test_explain_on_ties_in_the_closest_lists():
         vectors["same%d" % i] = rng.permutation(moved)      # identical KS to base
         vectors["mirror%d" % i] = 1 - base                  # correlation exactly -1
         vectors["copy%d" % i] = base.copy()
-    prepared = build(vectors)
+    prepared = build(vectors, **basis)
     keys = [k for k in vectors if k != "base"]
     for order in (keys, keys[::-1], sorted(keys)):
         found = explained(prepared, vectors, base, order, closest=3)
@@ -258,13 +264,14 @@ def test_explain_on_degenerate_correlations():
         explained(prepared, vectors, vectors[key], [k for k in vectors if k != key])
 
 
+@pytest.mark.parametrize("basis", BASES)
 @pytest.mark.parametrize("seed", range(4))
-def test_explain_equals_plain_evidence_on_random_rounds(seed):
+def test_explain_equals_plain_evidence_on_random_rounds(seed, basis):
     rng = np.random.default_rng(100 + seed)
     verdicts = []
     for _ in range(60):
         vectors = random_round(rng)
-        prepared = build(vectors, int(rng.choice(GRIDS)))
+        prepared = build(vectors, int(rng.choice(GRIDS)), **basis)
         rules = random_rules(rng) if rng.random() < 0.5 else Rules()
         options = {"closest": int(rng.integers(0, 5)), "cap": int(rng.integers(0, 4))}
         for key, values in vectors.items():
@@ -412,3 +419,53 @@ def test_consistency_evidence_against_sklearn_and_the_exact_test(seed):
 def test_consistency_evidence_with_no_eras():
     with pytest.raises(ValueError):
         consistency.consistency_evidence(np.array([]), np.array([]), np.array([]))
+
+
+# ---------------------------------------------------------------- originality, explain: property
+
+@st.composite
+def small_rounds(draw):
+    """A small round of families, copies, shuffles, constants and full-precision
+    files; a candidate from it or new; the rules; and the index's basis options."""
+    rng = np.random.default_rng(draw(st.integers(0, 2 ** 32 - 1)))
+    n = draw(st.sampled_from([1, 2, 5, 40, 257, 600]))
+    families = [rng.normal(size=n) for _ in range(draw(st.integers(1, 3)))]
+    vectors = {}
+    for i in range(draw(st.integers(0, 24))):
+        kind = draw(st.sampled_from(["member", "member", "member", "copy", "shuffled", "constant", "precise"]))
+        if kind in ("copy", "shuffled") and vectors:
+            source = vectors[draw(st.sampled_from(sorted(vectors)))]
+            values = source.copy() if kind == "copy" else rng.permutation(source)
+        elif kind == "constant":
+            values = np.full(n, draw(st.sampled_from([0.5, 0.25])))
+        else:
+            family = families[i % len(families)]
+            values = 1 / (1 + np.exp(-(family + rng.normal(size=n) * draw(st.sampled_from([0.02, 0.3, 1.0])))))
+            values = values if kind == "precise" else np.round(values, draw(st.sampled_from([2, 5, 6])))
+        vectors["s%d" % i] = values
+    rules = Rules(correlation_limit=draw(st.sampled_from([0.95, 0.5, 0.99])),
+                  duplicate_ks=draw(st.sampled_from([0.005, 0.05])),
+                  similar_ks=draw(st.sampled_from([0.03, 0.2])), max_similar=draw(st.integers(0, 3)))
+    basis = draw(st.sampled_from([{}, {"basis_from": 2, "basis_size": 3}, {"basis_from": 5, "basis_size": 8}]))
+    newcomer = np.round(1 / (1 + np.exp(-(families[0] + rng.normal(size=n)))), 4)
+    return vectors, newcomer, rules, basis, draw(st.sampled_from([1, 64, 4096]))
+
+
+@settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(small_rounds(), st.data())
+def test_explain_equals_plain_evidence_property(case, data):
+    """explain (by key and without) == plain evidence, and is_original == the plain rule,
+    for a candidate in the round or not, with or without a round basis."""
+    vectors, newcomer, rules, basis, grid_points = case
+    prepared = build(vectors, grid_points, **basis)
+    keys = list(vectors)
+    if keys and data.draw(st.booleans()):
+        own = data.draw(st.sampled_from(keys))
+        candidate, others = vectors[own], [k for k in keys if k != own]
+    else:
+        own, candidate, others = None, newcomer, keys
+    plain = evidence.originality_evidence(candidate, [(k, vectors[k]) for k in others], rules)
+    for key in {None, own}:
+        assert prepared.explain(candidate, others, rules, key=key) == plain
+        assert prepared.is_original(candidate, others, rules, key=key) is plain["original"]
+    assert plain["original"] is originality.is_original(candidate, [vectors[k] for k in others], rules)
