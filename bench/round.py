@@ -10,6 +10,8 @@ clock runs from the first request until every submission is done
 (``seconds``); ``board_s`` is when the leaderboard shows every verdict.
 Verdicts of a sample of late submissions are checked against the plain
 rules, and every leaderboard entry against its user's submission.
+``--notify-down`` runs the round twice side by side, without webhooks
+and with a receiver that is down (see bench/webhooks.py).
 
 What the database costs is reported beside the time. ``db_cpu_s`` is the
 SecantusDB process's CPU seconds from the first POST to the last verdict
@@ -38,8 +40,10 @@ round (each submission against every earlier user's), timed on a sample
 of pairs and scaled; the rest of the 2017 pipeline is not counted, so
 the speedup understates the difference.
 """
+import base64
 import collections
 import concurrent.futures
+import dataclasses
 import datetime
 import os
 import tempfile
@@ -72,6 +76,9 @@ def add_arguments(parser):
     parser.add_argument("--train-rows", type=int, default=50000)
     parser.add_argument("--features", type=int, default=21)
     parser.add_argument("--verify", type=int, default=3, help="late submissions checked against the plain rules")
+    parser.add_argument("--notify-down", action="store_true", help="judge the round without webhooks and with "
+                        "webhooks to a receiver that is down, side by side (bench/webhooks.py)")
+    parser.add_argument("--pairs", type=int, default=1, help="with --notify-down: pairs of runs, alternating which goes first")
     parser.add_argument("--timeout", type=float, default=600, help="give up after this many seconds")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--rescore", action="store_true",
@@ -284,15 +291,19 @@ def rescore_round(app, database, timeout):
             "rescore_submissions": status["submissions"], "rescore_changed": status["changed"]}
 
 
-def run_round(root, docs, timeout, checks, rescore=False):
+def run_round(root, docs, timeout, checks, rescore=False, notify_url=None):
     """Judge every document through the real service on SecantusDB in its own process.
 
     ``checks(db)`` runs on the finished round before the database stops.
     Returns the figures; commands are counted on the service's client
-    only, from the first POST until the leaderboard is in line.
+    only, from the first POST until the leaderboard is in line. With
+    ``notify_url`` the service sends webhooks there.
     """
     config = Config(api_key=API_KEY, local=True, local_dir=root, cache_dir=os.path.join(root, "cache"),
                     mongo_db_name=DB_NAME)
+    if notify_url:  # bench/webhooks.py: the same round with a receiver that is down
+        config = dataclasses.replace(config, notify_url=notify_url,
+                                     notify_secret="whsec_" + base64.b64encode(os.urandom(32)).decode())
     watch = Watch()
     commands = Commands(watch.inspect)
     with secantus(os.path.join(root, "secantus")) as database:
@@ -407,6 +418,9 @@ def check_board(db, users):
 
 
 def run(args):
+    if args.notify_down:
+        from bench import webhooks
+        return webhooks.side_by_side(args)
     rules = Rules()
     with tempfile.TemporaryDirectory() as root:
         docs, predictions = prepare(root, args)

@@ -2,9 +2,10 @@
 
 ``./server check`` is what an operator runs before switching traffic to
 a new deployment: the configuration is valid, MongoDB answers and lets
-the server read and write its collections, and both buckets exist and
-can be listed with the keys given. Each line says ``ok`` or exactly what
-is wrong; the exit status is 0 only when everything is ok.
+the server read and write its collections, both buckets exist and can
+be listed with the keys given, and, with webhooks on, the receiver
+accepts a connection. Each line says ``ok`` or exactly what is wrong;
+the exit status is 0 only when everything is ok.
 
 The same database probe runs when ``./server`` starts: a database that
 rejects the server's credentials or rights will not start accepting
@@ -18,10 +19,12 @@ wait for them.
 import dataclasses
 import os
 import re
+import socket
+import urllib.parse
 
 import pymongo.errors
 
-from queues import local
+from queues import local, notify
 from queues.errors import misconfiguration
 
 #: A filter no document matches (the backend's ids are ObjectIds and ints), so
@@ -192,6 +195,8 @@ def each(config, connect, s3_client, local_database=local_database):
     if config.local:
         yield folder(config.local_dir)
         yield probe_local(local_database(), connect, config.mongo_db_name)
+        if config.notify_url:
+            yield receiver(config)
         return
     yield connect_and_probe(connect, config.mongo_url, config.mongo_db_name)
     import botocore.exceptions
@@ -202,6 +207,29 @@ def each(config, connect, s3_client, local_database=local_database):
         return
     yield bucket(client, config.upload_bucket, "S3_UPLOAD_BUCKET")
     yield bucket(client, config.dataset_bucket, "S3_DATASET_BUCKET")
+    if config.notify_url:
+        yield receiver(config)
+
+
+def receiver(config):
+    """With NOTIFY_URL set: the webhook settings, and whether the receiver accepts a connection.
+
+    Only a TCP connection is opened: a request the receiver cannot verify
+    would reach the backend's alerts. One that does not answer is a
+    problem: events wait in MongoDB meanwhile, and are given up after
+    NOTIFY_MAX_AGE.
+    """
+    what = "webhooks: %s" % notify.describe(config)
+    parts = urllib.parse.urlsplit(config.notify_url)
+    address = (parts.hostname, parts.port or (443 if parts.scheme == "https" else 80))
+    try:
+        socket.create_connection(address, timeout=min(config.notify_timeout, 5.0)).close()
+    except OSError as exc:
+        return Finding(what, "cannot connect to %s:%d (%s: %s); until it answers, events wait in MongoDB, and each is "
+                             "given up %s after it was recorded" % (address[0], address[1], type(exc).__name__,
+                                                                    exc.strerror or exc,
+                                                                    notify.duration(config.notify_max_age)))
+    return Finding(what)
 
 
 def report(findings, out):

@@ -1,7 +1,10 @@
 """Configuration from the environment, checked before anything starts."""
+import base64
+import binascii
 import dataclasses
 import math
 import os
+import urllib.parse
 
 from scoring.rules import Rules, RuleSettingsError
 
@@ -16,9 +19,16 @@ REQUIRED = ("MONGO_URL", "MONGO_DB_NAME", "S3_UPLOAD_BUCKET", "S3_DATASET_BUCKET
 #: this order, so the list an operator works through matches the file they edit (RULE_* come last).
 ORDER = REQUIRED + ("PORT", "HOST", "S3_ENDPOINT_URL", "CACHE_DIR", "ORIGINALITY_THREADS", "HTTP_THREADS",
                     "MONGO_TIMEOUT_MS", "STOP_TIMEOUT", "RECOVERY_INTERVAL", "RECONCILE_INTERVAL", "LEASE_SECONDS",
-                    "WEB_CONCURRENCY",
-                    "LATE_FILE_SECONDS", "ROUND_IDLE_SECONDS", "ROUND_MEMORY_MB", "SERVER_NAME", "LOG_LEVEL")
+                    "WEB_CONCURRENCY", "LATE_FILE_SECONDS", "ROUND_IDLE_SECONDS", "ROUND_MEMORY_MB", "SERVER_NAME",
+                    "LOG_LEVEL", "NOTIFY_URL", "NOTIFY_SECRET", "NOTIFY_TIMEOUT", "NOTIFY_MAX_AGE")
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+#: What a webhook secret is (Standard Webhooks): this prefix, then base64 of 24 to 64 random bytes.
+SECRET_PREFIX = "whsec_"
+SECRET_BYTES = (24, 64)
+#: NOTIFY_MAX_AGE's default: delivery keeps trying for 3 days.
+NOTIFY_MAX_AGE = 3 * 24 * 3600.0
+SECRET_FORM = ("whsec_ followed by the base64 of %d to %d random bytes, e.g. the output of: python3 -c "
+               "\"import base64, os; print('whsec_' + base64.b64encode(os.urandom(32)).decode())\"" % SECRET_BYTES)
 
 
 class ConfigError(Exception):
@@ -79,6 +89,10 @@ class Config:
     late_file_seconds: float = 300.0  # how long another user's missing file may still arrive
     round_idle_seconds: float = 3600.0  # a round unused this long leaves memory
     round_memory_mb: int = 1024  # memory for loaded rounds; least recently used ones beyond it leave
+    notify_url: str = dataclasses.field(default="", repr=False)  # may hold a token in its query; empty: no webhooks
+    notify_secret: str = dataclasses.field(default="", repr=False)
+    notify_timeout: float = 10.0  # seconds one delivery may take
+    notify_max_age: float = NOTIFY_MAX_AGE  # how long delivery keeps trying
     rules: Rules = Rules()
 
 
@@ -142,6 +156,50 @@ def local(environ, problems, local_dir):
     )
 
 
+def notify_settings(environ, problems):
+    """The webhook settings (NOTIFY_*); neither the URL nor the secret is ever echoed.
+
+    The URL must be one a POST can go to: http or https with a host, and
+    no user or password (the signature, not the URL, says who sends). The
+    secret is required with the URL and must be what Standard Webhooks'
+    libraries accept, so the backend can verify with them.
+    """
+    url = environ.get("NOTIFY_URL", "")
+    secret = environ.get("NOTIFY_SECRET", "")
+    if url:
+        parts = urllib.parse.urlsplit(url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            problems.add("NOTIFY_URL", "NOTIFY_URL must be an http:// or https:// URL with a host "
+                                       "(e.g. https://backend.internal/hooks/criteria)")
+        elif parts.username is not None or parts.password is not None:
+            problems.add("NOTIFY_URL", "NOTIFY_URL must not hold a user or password: the receiver verifies "
+                                       "the signature made with NOTIFY_SECRET instead")
+        else:
+            try:
+                parts.port
+            except ValueError:
+                problems.add("NOTIFY_URL", "NOTIFY_URL has a port that is not a number from 1 to 65535")
+        if not secret:
+            problems.add("NOTIFY_SECRET", "NOTIFY_SECRET is required when NOTIFY_URL is set: %s" % SECRET_FORM)
+    if secret and secret_key(secret) is None:
+        problems.add("NOTIFY_SECRET", "NOTIFY_SECRET is not a webhook secret: %s" % SECRET_FORM)
+    return dict(notify_url=url, notify_secret=secret,
+                notify_timeout=_number(environ, problems, "NOTIFY_TIMEOUT", 10.0, float, most=300),
+                notify_max_age=_number(environ, problems, "NOTIFY_MAX_AGE", NOTIFY_MAX_AGE, float))
+
+
+def secret_key(secret):
+    """The HMAC key a ``whsec_`` secret holds, or None when it is not one."""
+    if not secret.startswith(SECRET_PREFIX):
+        return None
+    text = secret[len(SECRET_PREFIX):]
+    try:
+        key = base64.b64decode(text + "=" * (-len(text) % 4), validate=True)
+    except (binascii.Error, ValueError):
+        return None
+    return key if SECRET_BYTES[0] <= len(key) <= SECRET_BYTES[1] else None
+
+
 def check_log_level(environ, problems):
     """LOG_LEVEL is applied by ``server`` before the configuration is read; checked here so that
     ``./server check`` lists a wrong one with every other problem."""
@@ -178,6 +236,7 @@ def from_env(environ=None, use_local=False, local_dir="local"):
         round_idle_seconds=_number(environ, problems, "ROUND_IDLE_SECONDS", 3600.0, float),
         round_memory_mb=_number(environ, problems, "ROUND_MEMORY_MB", 1024),
         rules=rules,
+        **notify_settings(environ, problems),
         **values,
     )
     check_log_level(environ, problems)

@@ -6,6 +6,7 @@ sentences say exactly what the stored numbers say. Evidence is used only
 while it still matches the verdict beside it: a check that later failed,
 or a document judged before evidence was recorded, is described as such.
 """
+from queues.notify import delivery_states
 from scoring.evidence import CORRELATED, DUPLICATE, OFFENDER_CAP, SIMILAR
 
 CHECKS = ("consistency", "concordance", "originality")
@@ -230,7 +231,8 @@ def judged_at_all(doc):
 
 
 def explanation(doc, public):
-    """The ``/explain`` answer: verdicts, sentences, current evidence and provenance.
+    """The ``/explain`` answer: verdicts, sentences, current evidence and provenance, and how each
+    webhook event about the submission was delivered.
 
     ``public`` makes document values JSON-friendly (ObjectIds, datetimes).
     """
@@ -245,6 +247,7 @@ def explanation(doc, public):
         "evidence": {check: current_evidence(doc, check) for check in CHECKS},
         "provenance": public(doc.get("provenance")),
         "history": [public(earlier_judgement(entry)) for entry in doc.get("history") or []],
+        "notifications": [public(state) for state in delivery_states(doc)],  # each webhook event's delivery
     }
 
 

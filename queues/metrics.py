@@ -13,6 +13,10 @@ from queues.pipeline import STAGES
 EVICTION_REASONS = ("idle", "memory", "replaced")
 #: Why the leaderboard's reconciliation repairs an entry (queues.leaderboard.REPAIRS).
 REPAIR_REASONS = ("missing", "stale", "verdicts", "duplicate")
+#: What became of a webhook delivery attempt (queues.notify).
+NOTIFY_OUTCOMES = ("delivered", "retried", "given_up")
+#: A delivery attempt takes milliseconds on a healthy network, up to NOTIFY_TIMEOUT (at most 300 s) otherwise.
+DELIVERY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300)
 #: Stage durations span sub-millisecond checks to first-of-round clustering.
 DURATION_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
 
@@ -70,6 +74,21 @@ class RoundsCollector:
         return [per_round, total]
 
 
+class OutboxCollector:
+    """Webhook events waiting in the database and the age of the oldest, read at scrape time from
+    ``source()`` (``(count, seconds)``); 0 when webhooks are off, so panels and alerts can rely on them."""
+
+    def __init__(self):
+        self.source = None
+
+    def collect(self):
+        count, age = self.source() if self.source is not None else (0, 0.0)
+        return [GaugeMetricFamily("criteria_notifications_pending", "Webhook events recorded and not yet delivered "
+                                  "or given up, in the whole database", value=count),
+                GaugeMetricFamily("criteria_notifications_oldest_pending_age_seconds", "Age of the oldest webhook "
+                                  "event not yet delivered or given up", value=age)]
+
+
 class Metrics:
     """Counters and histograms the service updates as it works."""
 
@@ -93,6 +112,14 @@ class Metrics:
         self.repairs = prometheus_client.Counter(
             "criteria_leaderboard_repairs", "Leaderboard entries the reconciliation found out of line and repaired, by "
             "reason (missing, stale, verdicts, duplicate)", ["reason"], registry=self.registry)
+        self.notifications = prometheus_client.Counter(
+            "criteria_notifications", "Webhook delivery attempts by outcome (delivered; retried: failed, tried again "
+            "later; given_up: failed after NOTIFY_MAX_AGE)", ["outcome"], registry=self.registry)
+        self.delivery_seconds = prometheus_client.Histogram(
+            "criteria_notification_delivery_seconds", "Time of one webhook delivery attempt, until the receiver's "
+            "answer, a timeout or an error", buckets=DELIVERY_BUCKETS, registry=self.registry)
+        self.outbox = OutboxCollector()
+        self.registry.register(self.outbox)
         self._answers = {}  # (endpoint, status) -> its request counter, looked up once
         self.rounds = RoundsCollector()
         self.registry.register(self.rounds)
@@ -104,6 +131,8 @@ class Metrics:
             self.outcomes.labels(outcome)
         for why in REPAIR_REASONS:
             self.repairs.labels(why)
+        for outcome in NOTIFY_OUTCOMES:
+            self.notifications.labels(outcome)
 
     def watch(self, pipeline, supervisor, database=None):
         """Report the pipeline's queues and threads, and ``database()``'s state, at every scrape."""
@@ -112,6 +141,16 @@ class Metrics:
     def watch_rounds(self, memory):
         """Report ``memory()`` (``{competition_id: bytes}`` of the loaded rounds) at every scrape."""
         self.rounds.source = memory
+
+    def watch_notifications(self, figures):
+        """Report ``figures()`` (``(pending webhook events, oldest age in seconds)``) at every scrape."""
+        self.outbox.source = figures
+
+    def notification(self, outcome):
+        self.notifications.labels(outcome).inc()
+
+    def delivery_timed(self, seconds):
+        self.delivery_seconds.observe(seconds)
 
     def round_evicted(self, why):
         self.round_evictions.labels(why).inc()

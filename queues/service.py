@@ -20,7 +20,7 @@ import typing
 
 import pymongo.errors
 
-from queues import check, demo, rescore
+from queues import check, demo, notify, rescore
 from queues.app import create_app, database_status
 from queues.clients import build_files, client_for
 from queues.errors import misconfiguration
@@ -54,6 +54,8 @@ class Parts:
     rescorer: Rescorer
     #: The stage workers by stage (each also runs on its thread; a test may step them itself).
     workers: typing.Dict[str, object]
+    #: The webhooks' poller and delivery threads (queues.notify), None when NOTIFY_URL is unset.
+    notifier: typing.Optional[notify.Notifier] = None
 
 
 def build_pipeline(config, store, files=None, alive=process_alive):
@@ -79,10 +81,11 @@ def build_pipeline(config, store, files=None, alive=process_alive):
     supervisor.add("members", members.loop)
     supervisor.add("leaderboard", board.loop)
     supervisor.add("leases", LeaseKeeper(pipeline, store, config.lease_seconds / 3).loop)
+    notifier = notify.attach(config, store, metrics, supervisor, pipeline.stop)
     judges = (Dispatcher(pipeline, **shared), ConcordanceWorker(pipeline, **shared), OriginalityWorker(pipeline, **shared))
     rescorer = Rescorer(pipeline, store, config.rules, config.lease_seconds / 3, judges=judges,
                         owner_prefix=owner_prefix(store.owner), alive=alive)
-    return Parts(pipeline, metrics, supervisor, board, members, rounds, rescorer, workers)
+    return Parts(pipeline, metrics, supervisor, board, members, rounds, rescorer, workers, notifier)
 
 
 def build_recovery(config, store, parts, alive=process_alive):
@@ -110,6 +113,8 @@ def build_service(config, database):
     parts.metrics.watch(parts.pipeline, parts.supervisor, functools.partial(database_status, store))
     try:
         store.ensure_indexes()
+        if parts.notifier is not None:
+            parts.notifier.ensure_indexes()
     except pymongo.errors.PyMongoError as exc:  # serve anyway: indexes only make queries faster
         log.warning("could not create the database indexes (%s); recovery and originality queries will be slow "
                     "until they exist", misconfiguration(exc) or "%s: %s" % (type(exc).__name__, check.short(exc)))

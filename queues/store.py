@@ -133,6 +133,7 @@ class Store:
         self.markers = getattr(db, MARKERS)
         self.owner = owner or owner_name()
         self.lease_seconds = lease_seconds
+        self.notify = None  # a queues.notify.Recorder when webhooks are on: settling writes carry their event
 
     def _lease(self, token, now):
         return {"owner": self.owner, "token": token,
@@ -382,7 +383,11 @@ class Store:
         fields.update({check: verdict(value) for check, value in verdicts.items()})
         fields.update({"processing.state": DONE, "processing.finished_at": now, "processing.updated_at": now,
                        "processing.board": ObjectId(), "processing.settled_by": claim.token})
+        if self.notify is not None:  # the webhook event, in the same write
+            fields.update(self.notify.judged(claim.doc, fields, now))
         self._write(claim, fields, unset=["processing.lease"])
+        if self.notify is not None:
+            self.notify.wake()
 
     def failed(self, claim, reason, verdicts=None, evidence=None):
         """QUEUED or SCORING -> FAILED with ``reason``; no check is left pending.
@@ -404,7 +409,11 @@ class Store:
                 fields[check] = verdict(None, reason)
         if not (claim.doc.get("processing") or {}).get("dispatched"):
             fields["processing.dispatched"] = False  # never shown on the leaderboard
+        if self.notify is not None:  # the webhook event, in the same write
+            fields.update(self.notify.judged(claim.doc, fields, now))
         self._write(claim, fields, unset=["processing.lease"])
+        if self.notify is not None:
+            self.notify.wake()
 
     def rescore(self, doc, run, token):
         """DONE or FAILED -> QUEUED for re-score ``run``; the judgement it replaces goes to ``history``.
@@ -507,9 +516,13 @@ class Store:
 
     def close_rescore(self, competition_id, run, summary):
         """Close the open run ``run``, keeping ``summary`` in ``rescores``; True when this call closed it."""
-        return bool(self.competitions.update_one(
-            {"_id": int(competition_id), "rescore.run": run},
-            {"$unset": {"rescore": ""}, "$push": {"rescores": summary}}).modified_count)
+        update = {"$unset": {"rescore": ""}, "$push": {"rescores": summary}}
+        if self.notify is not None:  # the webhook event, in the same write
+            update["$set"] = self.notify.rescored(competition_id, summary, utcnow())
+        closed = bool(self.competitions.update_one({"_id": int(competition_id), "rescore.run": run}, update).modified_count)
+        if closed and self.notify is not None:
+            self.notify.wake()
+        return closed
 
     # -- originality's round members (see queues.members) ---------------------------
     def round_members(self, competition_id):

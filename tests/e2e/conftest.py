@@ -50,7 +50,7 @@ S3_KEYS = dict(aws_access_key_id="e2e-access-key", aws_secret_access_key="e2e-se
 SERVER_VARIABLES = ("MONGO_URL", "MONGO_DB_NAME", "S3_UPLOAD_BUCKET", "S3_DATASET_BUCKET", "S3_ACCESS_KEY",
                     "S3_SECRET_KEY", "S3_ENDPOINT_URL", "PORT", "HOST", "API_KEY", "CACHE_DIR", "RECOVERY_INTERVAL",
                     "STOP_TIMEOUT", "MONGO_TIMEOUT_MS", "ORIGINALITY_THREADS", "HTTP_THREADS", "LOG_LEVEL",
-                    "SERVER_NAME", "LEASE_SECONDS")
+                    "SERVER_NAME", "LEASE_SECONDS", "NOTIFY_URL", "NOTIFY_SECRET", "NOTIFY_TIMEOUT", "NOTIFY_MAX_AGE")
 
 
 def pytest_collection_modifyitems(items):

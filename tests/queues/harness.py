@@ -82,17 +82,20 @@ class Node:
 
     STAGES = (DISPATCH, CONCORDANCE, ORIGINALITY)
 
-    def __init__(self, db, files, cache_dir, pid, faults=None, rules=None, alive=lambda pid: False, follow=False):
+    def __init__(self, db, files, cache_dir, pid, faults=None, rules=None, alive=lambda pid: False, follow=False,
+                 settings=None):
         self.pid = pid
         self.faults = faults or Faults()
         self.db = FaultyDatabase(db, self.faults)
         self.store = Store(self.db, owner="%s%d" % (HOST, pid), lease_seconds=30)
-        config = dataclasses.replace(Config(api_key=API_KEY), cache_dir=cache_dir, **({"rules": rules} if rules else {}))
+        config = dataclasses.replace(Config(api_key=API_KEY), cache_dir=cache_dir, **({"rules": rules} if rules else {}),
+                                     **(settings or {}))  # e.g. NOTIFY_* as Config fields
         lives = lambda other: other == pid or alive(other)  # noqa: E731
         # the server's own wiring; the supervisor is never started: the test runs each job itself
         parts = build_pipeline(config, self.store, files=files, alive=lives)
         self.pipeline, self.metrics, self.board = parts.pipeline, parts.metrics, parts.board
         self.members, self.rescorer, self.workers = parts.members, parts.rescorer, parts.workers
+        self.notifier = parts.notifier  # None unless settings turn webhooks on; a test delivers with it
         self.recovery = build_recovery(config, self.store, parts, alive=lives)
         if follow:  # follow the database's change stream as the server's members thread does
             threading.Thread(target=self.members.loop, name="members", daemon=True).start()
