@@ -163,7 +163,7 @@ class Watch:
         self.reset()
 
     def reset(self):
-        self.writes = 0   # updates of a leaderboard (entries set or appended by position)
+        self.writes = 0   # updates of a leaderboard (the whole array, or entries by position)
         self.entries = 0  # entries those updates wrote
         self.changes = 0  # transitions that changed what a leaderboard shows (they stamp processing.board)
         self.settling = 0  # transitions to done or failed sent
@@ -177,6 +177,10 @@ class Watch:
             fields = update.get("$set") or {}
             if collection == "competitions" and thread in BOARD_THREADS:
                 positions = {key.split(".")[1] for key in fields if key.startswith("leaderboard.")}
+                if isinstance(fields.get("leaderboard"), list):  # the whole array: count the entries it changes
+                    before, after = (spec.get("q") or {}).get("leaderboard") or [], fields["leaderboard"]
+                    positions = {number for number, entry in enumerate(after)
+                                 if number >= len(before) or entry != before[number]}
                 if positions:
                     self.writes += 1
                     self.entries += len(positions)
@@ -238,27 +242,23 @@ def board_cost(db, database, watch, repeats=10):
 
     While the round runs, the writer's commands wait behind everyone
     else's, so their round-trip time says little about what they cost the
-    database. Once the round is done, each kind of command the writer
-    sends per write (read the touched submissions by id, the positional
-    conditional write of the average number of entries a write carried,
-    the stamp clearing) is replayed ``repeats`` times against the finished
-    board, and the database's CPU per write is multiplied by the writes.
+    database. Once the round is done, the commands the writer sends per
+    write (read the board, read the touched submissions by id, the
+    whole-array conditional write, the stamp clearing) are replayed
+    ``repeats`` times against the finished board, each write changing as
+    many entries as the round's writes did on average, and the database's
+    CPU per write is multiplied by the writes.
     """
     entries = db.competitions.find_one({"_id": ROUND})["leaderboard"]
     per_write = max(1, round(watch.entries / watch.writes)) if watch.writes else 1
-    chosen = entries[:per_write]
-    conditions, sets = {}, {}
-    for number, entry in enumerate(chosen):
-        prefix = "leaderboard.%d." % number
-        conditions.update({prefix + "username": entry["username"], prefix + "submission_id": entry["submission_id"],
-                           prefix + "criteria_rev": entry.get("criteria_rev")})
-        sets.update((prefix + key, entry.get(key)) for key in ("logloss", "concordant", "original", "criteria_rev",
-                                                             "submission_id"))
-    ids = [entry["submission_id"] for entry in chosen]
+    ids = [entry["submission_id"] for entry in entries[:per_write]]
     before = database.cpu_seconds()
-    for _ in range(repeats):
+    for number in range(repeats):
+        current = db.competitions.find_one({"_id": ROUND}, {"leaderboard": 1})["leaderboard"]
+        changed = [dict(entry, criteria_rev=(entry.get("criteria_rev") or 0) + (1 if number % 2 == 0 else -1))
+                   if position < per_write else entry for position, entry in enumerate(current)]
         list(db.submissions.find({"_id": {"$in": ids}}, {"username": 1, "created": 1, "processing.rev": 1}))
-        db.competitions.update_one({"_id": ROUND, **conditions}, {"$set": sets})
+        db.competitions.update_one({"_id": ROUND, "leaderboard": current}, {"$set": {"leaderboard": changed}})
         db.submissions.update_many({"_id": {"$in": ids}, "processing.board": {"$in": [None]}},
                                    {"$unset": {"processing.board": ""}})
     each = (database.cpu_seconds() - before) / repeats

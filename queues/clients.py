@@ -47,8 +47,8 @@ def database_ready(config, mongo_url):
     A database that does not answer may come back: the server starts and
     answers 503 until it does. One that rejects the credentials will not.
     """
-    from queues import check
-    finding = check.connect_and_probe(functools.partial(client_for, config), mongo_url, config.mongo_db_name)
+    from queues import preflight
+    finding = preflight.connect_and_probe(functools.partial(client_for, config), mongo_url, config.mongo_db_name)
     if finding.misconfigured:
         log.error("cannot start: %s", finding.problem)
         return False

@@ -200,7 +200,7 @@ def secret_key(secret):
     return key if SECRET_BYTES[0] <= len(key) <= SECRET_BYTES[1] else None
 
 
-def check_log_level(environ, problems):
+def read_log_level(environ, problems):
     """LOG_LEVEL is applied by ``server`` before the configuration is read; checked here so that
     ``./server check`` lists a wrong one with every other problem."""
     level = environ.get("LOG_LEVEL", "")
@@ -239,7 +239,7 @@ def from_env(environ=None, use_local=False, local_dir="local"):
         **notify_settings(environ, problems),
         **values,
     )
-    check_log_level(environ, problems)
+    read_log_level(environ, problems)
     if config.lease_seconds < 1:
         problems.add("LEASE_SECONDS", "LEASE_SECONDS=%r must be at least 1 (a lease is extended every third of it)"
                      % config.lease_seconds)

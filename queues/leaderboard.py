@@ -50,6 +50,7 @@ import logging
 import threading
 import time
 
+from queues.competitions import Competitions
 from queues.fields import round_number, usable_name
 from queues.store import PENDING, REV
 
@@ -121,14 +122,19 @@ class Copy:
 class Leaderboard:
     """The writer: ``touch`` from any thread, ``loop`` on its own.
 
+    ``store`` reads the submissions and clears their stamps;
+    ``competitions`` reads and writes the entries (by default on the
+    store's database).
+
     ``members`` (optional) tells which submissions each user has in a
     round, so the writer reads them by ``_id``; without it, or before the
     round is known, it asks for the users' submissions by name.
     """
 
     def __init__(self, store, stop, interval=WRITE_INTERVAL, share=WRITE_SHARE, members=None, clock=time.monotonic,
-                 metrics=None, reconcile_seconds=RECONCILE_SECONDS):
+                 metrics=None, reconcile_seconds=RECONCILE_SECONDS, competitions=None):
         self.store = store
+        self.competitions = competitions if competitions is not None else Competitions(store.db, store.owner)
         self.stop = stop
         self.interval = interval
         self.share = share
@@ -230,9 +236,9 @@ class Leaderboard:
         """The writer's copy of the round's entries, read when it has none."""
         copy = self._copies.get(competition_id)
         if copy is None:
-            entries = self._timed(self.store.board_entries, competition_id)
+            entries = self._timed(self.competitions.board_entries, competition_id)
             if entries is None:
-                self._timed(self.store.ensure_competition, competition_id)
+                self._timed(self.competitions.ensure, competition_id)
                 entries = []
             copy = self._copies[competition_id] = Copy(entries)
         return copy
@@ -303,7 +309,7 @@ class Leaderboard:
         if not sets:
             return True
         self.writes += 1
-        if not self._timed(self.store.write_board, competition_id, conditions, sets):
+        if not self._timed(self.competitions.write_board, competition_id, conditions, sets):
             return False
         self._remember(copy, sets, appended)
         return True
@@ -327,7 +333,7 @@ class Leaderboard:
             replacement[number][field] = value
         replacement.extend(self._new_entries(fresh))
         self.writes += 1
-        if not self._timed(self.store.replace_board, competition_id, copy.raw, replacement):
+        if not self._timed(self.competitions.replace_board, competition_id, copy.raw, replacement):
             return False
         self._copies[competition_id] = Copy(replacement)
         return True
@@ -336,7 +342,7 @@ class Leaderboard:
         """Entries for the users ``{name: owned fields}`` who have none, in name order, with their career earnings."""
         if not fresh:
             return []
-        earnings = self._timed(self.store.career_earnings, list(fresh))
+        earnings = self._timed(self.competitions.career_earnings, list(fresh))
         return [{"username": username, **wanted, "earnings": {"career": earnings[username], "competition": {"usd": 0, "nmr": 0}}}
                 for username, wanted in sorted(fresh.items())]
 
@@ -397,7 +403,7 @@ class Leaderboard:
         """
         self._copies.pop(competition_id, None)
         repairs = collections.Counter()
-        entries = self._timed(self.store.board_entries, competition_id)
+        entries = self._timed(self.competitions.board_entries, competition_id)
         if entries is not None and self._deduplicate(competition_id, entries):
             repairs["duplicate"] += 1
         copy = self._copy(competition_id)
@@ -446,7 +452,7 @@ class Leaderboard:
         if len(kept) == len(entries):
             return False
         self.writes += 1
-        return self._timed(self.store.replace_board, competition_id, entries, kept)
+        return self._timed(self.competitions.replace_board, competition_id, entries, kept)
 
     @staticmethod
     def _remember(copy, sets, appended):

@@ -10,7 +10,7 @@ Built on the record, not beside it:
 - **Recorded in the settling write.** :class:`Recorder` adds the event to
   the fields of the very ``update_one`` that settles a submission
   (:meth:`queues.store.Store.judged` and ``failed``) or closes a re-score
-  run (``close_rescore``): no crash can settle without its event, or
+  run (``Competitions.close_run``): no crash can settle without its event, or
   record an event for a write that did not happen. The event's id and
   body are fixed there, so every retry sends the same bytes.
 - **Kept in the document.** A document's events live in its
@@ -443,7 +443,7 @@ class Notifier:
         self.stop = stop
         self.threads = threads
         self.clock = clock
-        self.outboxes = (Outbox(store.competitions, "round {}".format), Outbox(store.submissions, str))
+        self.outboxes = (Outbox(store.db.competitions, "round {}".format), Outbox(store.submissions, str))
         self.recorder = Recorder()
         self.breaker = Breaker()
         self.work = queue.Queue()
@@ -689,13 +689,14 @@ def delivery_states(doc):
     return sorted(states, key=lambda entry: (entry["recorded_at"] or datetime.datetime.min, entry["id"]))
 
 
-def attach(config, store, metrics, supervisor, stop):
-    """Webhooks for this process when NOTIFY_URL is set: the store records events in its settling
-    writes, and the supervisor runs the poller and the delivery threads. Returns the Notifier, or None."""
+def attach(config, store, competitions, metrics, supervisor, stop):
+    """Webhooks for this process when NOTIFY_URL is set: the store and the competitions record events in
+    their settling and closing writes, and the supervisor runs the poller and the delivery threads.
+    Returns the Notifier, or None."""
     if not config.notify_url:
         return None
     notifier = Notifier(config, store, metrics, stop)
-    store.notify = notifier.recorder
+    store.notify = competitions.notify = notifier.recorder
     supervisor.add("notify", notifier.poll_loop)
     for number in range(notifier.threads):
         supervisor.add("notify-%d" % number, notifier.deliver_loop)

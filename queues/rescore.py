@@ -38,7 +38,7 @@ from queues.errors import PERMANENT, LateFile, reason
 from queues.pipeline import DISPATCH, Job
 from queues.recovery import process_alive
 from queues.store import DONE, FAILED, Claim, utcnow
-from queues.workers import check_document
+from queues.workers import require_judgeable
 from scoring.rules import Rules
 
 log = logging.getLogger(__name__)
@@ -55,13 +55,13 @@ class NoSuchRound(LookupError):
     """The round has no submissions, or a listed id is not one of its submissions."""
 
 
-def scope(run):
-    """The filter naming the run's submissions: those listed, else the round's up to the request."""
-    found = {"competition_id": int(run["competition_id"])}
-    if run.get("only"):
-        found["_id"] = {"$in": [ObjectId(sid) for sid in run["only"]]}
+def scope(request):
+    """The filter naming a run's submissions (from its ``request``): those listed, else the round's up to the request."""
+    found = {"competition_id": int(request["competition_id"])}
+    if request.get("only"):
+        found["_id"] = {"$in": [ObjectId(sid) for sid in request["only"]]}
     else:  # later submissions are judged under the rules in force anyway
-        found["created"] = {"$lt": run["requested_at"]}
+        found["created"] = {"$lt": request["requested_at"]}
     return found
 
 
@@ -74,16 +74,16 @@ def judgement(fields, processing=None):
             "error": processing.get("error")}
 
 
-def before_after(doc, run):
-    """The submission's judgement replaced by ``run`` and the one that followed it."""
+def before_after(doc, run_id):
+    """The submission's judgement replaced by run ``run_id`` and the one that followed it."""
     history = doc.get("history") or []
     for position, entry in enumerate(history):
-        if entry.get("run") == run:
+        if entry.get("run") == run_id:
             later = history[position + 1] if position + 1 < len(history) else None
             if later is None:
                 return entry, judgement(doc, doc.get("processing") or {}), doc
             return entry, judgement(later), later
-    raise LookupError("submission %s was not re-queued by run %s" % (doc["_id"], run))
+    raise LookupError("submission %s was not re-queued by run %s" % (doc["_id"], run_id))
 
 
 def change(doc, before, after, before_fields, after_fields):
@@ -95,18 +95,18 @@ def change(doc, before, after, before_fields, after_fields):
                       "after": (after_fields.get("provenance") or {}).get("rules")}}
 
 
-def differences(docs, run):
-    """Every submission whose judgement ``run`` changed, oldest first."""
+def differences(docs, run_id):
+    """Every submission whose judgement run ``run_id`` changed, oldest first."""
     found = []
     for doc in sorted(docs, key=lambda d: (d.get("created") is None, d.get("created"), d["_id"])):
-        kept, after, after_fields = before_after(doc, run)
+        kept, after, after_fields = before_after(doc, run_id)
         before = judgement(kept)
         if before != after:
             found.append(change(doc, before, after, kept, after_fields))
     return found
 
 
-def rules_used(docs, run):
+def rules_used(docs, run_id):
     """Every set of rules the run's judgements were made under, once each, in the order first met.
 
     The process that opened a run records its rules; others that judged in
@@ -115,7 +115,7 @@ def rules_used(docs, run):
     """
     found = []
     for doc in sorted(docs, key=lambda d: d["_id"]):
-        _, _, after_fields = before_after(doc, run)
+        _, _, after_fields = before_after(doc, run_id)
         rules = (after_fields.get("provenance") or {}).get("rules")
         if rules is not None and rules not in found:
             found.append(rules)
@@ -149,9 +149,11 @@ class Rescorer:
     at once.
     """
 
-    def __init__(self, pipeline, store, rules, period, judges=None, owner_prefix=None, alive=process_alive):
+    def __init__(self, pipeline, store, competitions, rules, period, judges=None, owner_prefix=None,
+                 alive=process_alive):
         self.pipeline = pipeline
         self.store = store
+        self.competitions = competitions
         self.rules = rules
         self.period = period
         self.judges = judges
@@ -162,7 +164,7 @@ class Rescorer:
         self.driving = set()  # rounds whose open run this process drove at its last pass
 
     # -- opening ----------------------------------------------------------------
-    def check_scope(self, competition_id, only):
+    def verify_scope(self, competition_id, only):
         """NoSuchRound unless the round has submissions and every listed id is one of them."""
         if not self.store.round_exists(competition_id):
             raise NoSuchRound("round %d has no submissions" % competition_id)
@@ -173,17 +175,17 @@ class Rescorer:
                 raise NoSuchRound("not submissions of round %d: %s" % (competition_id, ", ".join(strangers)))
 
     def request(self, competition_id, only=None):
-        """Open a run of the round; ``(run, True)``, or ``(the open run, False)`` when one is open."""
-        self.check_scope(competition_id, only)
-        run = {"run": ObjectId(), "competition_id": int(competition_id), "only": sorted(set(only)) if only else None,
+        """Open a run of the round; ``(its request, True)``, or ``(the open run's, False)`` when one is open."""
+        self.verify_scope(competition_id, only)
+        request = {"run": ObjectId(), "competition_id": int(competition_id), "only": sorted(set(only)) if only else None,
                "requested_at": utcnow(), "requested_by": self.store.owner,
                "rules": dataclasses.asdict(self.rules)}
-        if self.store.open_rescore(competition_id, run):
-            log.info("round %s: re-score %s opened (%s)", competition_id, run["run"],
-                     "%d listed submissions" % len(run["only"]) if run["only"] else "every submission")
+        if self.competitions.start_run(competition_id, request):
+            log.info("round %s: re-score %s opened (%s)", competition_id, request["run"],
+                     "%d listed submissions" % len(request["only"]) if request["only"] else "every submission")
             self.wake.set()
-            return run, True
-        current, _ = self.store.open_rescore_of(competition_id)
+            return request, True
+        current, _ = self.competitions.runs_of(competition_id)
         return current, False
 
     # -- driving ----------------------------------------------------------------
@@ -193,8 +195,8 @@ class Rescorer:
             dead = set()
             if self.owner_prefix:
                 dead.update(self.store.orphaned_owners(self.owner_prefix, self.alive))
-                for run in self.store.open_rescores().values():
-                    owner = (run.get("lease") or {}).get("owner")
+                for request in self.competitions.open_runs().values():
+                    owner = (request.get("lease") or {}).get("owner")
                     if self.store.is_dead_self(owner, self.owner_prefix, self.alive):
                         dead.add(owner)
             self.orphans = sorted(dead)
@@ -204,62 +206,62 @@ class Rescorer:
         """Drive every open run this process may drive; returns the ids of the runs closed."""
         closed = []
         owners = self.dead_owners()
-        for competition_id, run in self.store.open_rescores().items():
-            if self.drive(competition_id, run, owners):
-                closed.append(run["run"])
+        for competition_id, request in self.competitions.open_runs().items():
+            if self.drive(competition_id, request, owners):
+                closed.append(request["run"])
         return closed
 
     def room(self):
         return RUN_BATCH - self.pipeline.depth(DISPATCH)
 
-    def drive(self, competition_id, run, owners=()):
+    def drive(self, competition_id, request, owners=()):
         """One pass over a run: keep its lease, queue what is left, close it when all is settled."""
-        rid = run["run"]
-        if not self.store.drive_rescore(competition_id, rid, owners):
+        run_id = request["run"]
+        if not self.competitions.drive_run(competition_id, run_id, owners):
             self.driving.discard(competition_id)
             return False  # another live process drives it
         self.driving.add(competition_id)
-        within = scope(run)
+        within = scope(request)
         if self.room() > 0:  # re-queued earlier by a process that is gone: claim them back
-            for sid, owner in self.store.claimable(self.room(), owners, within={**within, "processing.rescore": rid}):
+            for sid, owner in self.store.claimable(self.room(), owners, within={**within, "processing.rescore": run_id}):
                 if not self.pipeline.anywhere(sid):
                     claim = self.store.claim(sid, owner=owner if owner in owners else None)
                     if claim is not None:
                         self.pipeline.put(DISPATCH, Job(sid, claim=claim))
         if self.room() > 0:
-            for doc in self.store.rescore_candidates(within, rid, self.room()):
+            for doc in self.store.rescore_candidates(within, run_id, self.room()):
                 sid = str(doc["_id"])
                 if self.pipeline.anywhere(sid):
                     continue
                 token = ObjectId()
-                if self.store.rescore(doc, rid, token):
+                if self.store.rescore(doc, run_id, token):
                     self.pipeline.put(DISPATCH, Job(sid, token=token))
-                    log.info("%s: re-queued for re-score %s of round %s", sid, rid, competition_id)
-        if self.store.rescore_left(within, rid):
+                    log.info("%s: re-queued for re-score %s of round %s", sid, run_id, competition_id)
+        if self.store.rescore_left(within, run_id):
             return False
-        return self.close(competition_id, run)
+        return self.close(competition_id, request)
 
-    def close(self, competition_id, run):
+    def close(self, competition_id, request):
         """Close the run with its summary; True when this call closed it."""
-        rid = run["run"]
-        docs = self.store.rescored(competition_id, rid)
-        changed = differences(docs, rid)
-        summary = {key: run.get(key) for key in ("run", "only", "requested_at", "requested_by", "rules")}
+        run_id = request["run"]
+        docs = self.store.rescored(competition_id, run_id)
+        changed = differences(docs, run_id)
+        summary = {key: request.get(key) for key in ("run", "only", "requested_at", "requested_by", "rules")}
         summary.update(closed_at=utcnow(), closed_by=self.store.owner, submissions=len(docs), changed=len(changed),
-                       rules_used=rules_used(docs, rid))
+                       rules_used=rules_used(docs, run_id))
         self.driving.discard(competition_id)
-        if not self.store.close_rescore(competition_id, rid, summary):
+        if not self.competitions.close_run(competition_id, run_id, summary):
             return False
         log.info("round %s: re-score %s finished: %d submissions judged again, %d changed",
-                 competition_id, rid, len(docs), len(changed))
+                 competition_id, run_id, len(docs), len(changed))
         for entry in changed:
-            log.info("re-score %s changed %s", rid, describe(entry))
+            log.info("re-score %s changed %s", run_id, describe(entry))
         return True
 
     def release(self):
         """Stopping: let another process drive this one's runs at once instead of when the lease expires."""
         if self.driving:
-            self.store.release_rescores()
+            self.competitions.release_runs()
             self.driving.clear()
 
     def loop(self):
@@ -279,11 +281,11 @@ class Rescorer:
     # -- reading ------------------------------------------------------------------
     def status(self, competition_id, run_id=None):
         """The open run with what is left of it, or a finished one (the last, or ``run_id``) with its changes."""
-        current, finished = self.store.open_rescore_of(competition_id)
+        current, finished = self.competitions.runs_of(competition_id)
         if current is not None and run_id in (None, current["run"]):
             left = self.store.rescore_left(scope(current), current["run"])
             return dict(current, status="running", left=left)
-        chosen = [run for run in finished if run_id in (None, run.get("run"))]
+        chosen = [summary for summary in finished if run_id in (None, summary.get("run"))]
         if not chosen:
             return None
         summary = chosen[-1]
@@ -293,9 +295,9 @@ class Rescorer:
     # -- dry run ------------------------------------------------------------------
     def dry_run(self, competition_id, only=None):
         """What a run would change, judged in memory now; writes nothing. ``{submissions, changes}``."""
-        self.check_scope(competition_id, only)
-        run = {"competition_id": competition_id, "only": only, "requested_at": utcnow()}
-        docs = self.store.settled(scope(run))
+        self.verify_scope(competition_id, only)
+        request = {"competition_id": competition_id, "only": only, "requested_at": utcnow()}
+        docs = self.store.settled(scope(request))
         changes = []
         for doc in docs:
             before = judgement(doc, doc.get("processing") or {})
@@ -316,7 +318,7 @@ class Rescorer:
         sid = str(doc["_id"])
         job = Job(sid, claim=Claim(doc, None))
         try:
-            check_document(doc, sid)
+            require_judgeable(doc, sid)
             with dispatcher.rounds.hold(doc["competition_id"]) as rnd:
                 score, _, fields = dispatcher.measure(job, rnd)
                 concordant, concordance_found = concordance.judge(job, doc, rnd)
@@ -344,24 +346,24 @@ def follow(rescorer, competition_id, only=None, period=1.0):
     stop flag was set first: the run stays open and whoever drives it next
     finishes it.
     """
-    run, opened = rescorer.request(competition_id, only)
+    request, opened = rescorer.request(competition_id, only)
     wanted = sorted(set(only)) if only else None
-    if not opened and run.get("only") != wanted:  # joining a run of another scope would report its changes as ours
+    if not opened and request.get("only") != wanted:  # joining a run of another scope would report its changes as ours
         raise Busy("round %d is being re-scored already for %s (run %s, requested at %s by %s); wait for it to "
-                   "finish, then ask again" % (competition_id, "%d listed submissions" % len(run["only"])
-                                              if run.get("only") else "every submission", run["run"],
-                                              run.get("requested_at"), run.get("requested_by")))
-    rid = run["run"]
-    log.info("round %s: %s re-score %s", competition_id, "started" if opened else "joined the open", rid)
+                   "finish, then ask again" % (competition_id, "%d listed submissions" % len(request["only"])
+                                              if request.get("only") else "every submission", request["run"],
+                                              request.get("requested_at"), request.get("requested_by")))
+    run_id = request["run"]
+    log.info("round %s: %s re-score %s", competition_id, "started" if opened else "joined the open", run_id)
     stop, said = rescorer.pipeline.stop, None
     while not stop.is_set():
         rescorer.step()
-        current, _ = rescorer.store.open_rescore_of(competition_id)
-        if current is None or current["run"] != rid:
-            return rescorer.status(competition_id, rid)
-        left = rescorer.store.rescore_left(scope(current), rid)
+        current, _ = rescorer.competitions.runs_of(competition_id)
+        if current is None or current["run"] != run_id:
+            return rescorer.status(competition_id, run_id)
+        left = rescorer.store.rescore_left(scope(current), run_id)
         if left != said:
-            log.info("round %s: re-score %s has %d submissions left", competition_id, rid, left)
+            log.info("round %s: re-score %s has %d submissions left", competition_id, run_id, left)
             said = left
         stop.wait(period)
     return None

@@ -35,7 +35,7 @@ class CannotListen(Exception):
     """The address cannot be listened on; the message says why and what to change."""
 
 
-def check_listening(host, port):
+def refuse_unless_listenable(host, port):
     """Raise CannotListen unless ``host:port`` can be bound right now.
 
     Run before anything starts, so a port in use or a wrong HOST is one

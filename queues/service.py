@@ -20,9 +20,10 @@ import typing
 
 import pymongo.errors
 
-from queues import check, demo, notify, rescore
+from queues import demo, notify, preflight, rescore
 from queues.app import create_app, database_status
 from queues.clients import build_files, client_for
+from queues.competitions import Competitions
 from queues.errors import misconfiguration
 from queues.files import LocalFiles
 from queues.leaderboard import Leaderboard
@@ -56,10 +57,18 @@ class Parts:
     workers: typing.Dict[str, object]
     #: The webhooks' poller and delivery threads (queues.notify), None when NOTIFY_URL is unset.
     notifier: typing.Optional[notify.Notifier] = None
+    #: The competition documents: the re-score run lock and the leaderboard entries.
+    competitions: typing.Optional[Competitions] = None
 
 
-def build_pipeline(config, store, files=None, alive=process_alive):
-    """The pipeline of one process around ``store`` (not started); ``files`` defaults to the configured storage."""
+def build_pipeline(config, store, files=None, alive=process_alive, competitions=None):
+    """The pipeline of one process around ``store`` (not started).
+
+    ``files`` defaults to the configured storage; ``competitions`` (the
+    competition documents) to the store's database and owner.
+    """
+    if competitions is None:
+        competitions = Competitions(store.db, store.owner, store.lease_seconds)
     pipeline = Pipeline()
     metrics = Metrics()
     rounds = Rounds(files if files is not None else build_files(config), config.cache_dir, config.rules,
@@ -68,7 +77,7 @@ def build_pipeline(config, store, files=None, alive=process_alive):
     supervisor = Supervisor(pipeline.stop, metrics)
     members = RoundMembers(store, pipeline.stop)
     board = Leaderboard(store, pipeline.stop, members=members, metrics=metrics,
-                        reconcile_seconds=config.reconcile_interval)
+                        reconcile_seconds=config.reconcile_interval, competitions=competitions)
     shared = dict(store=store, rounds=rounds, rules=config.rules, metrics=metrics, board=board, members=members,
                   provenance=Provenance.current(config.server_name))
     workers = {DISPATCH: Dispatcher(pipeline, **shared), CONCORDANCE: ConcordanceWorker(pipeline, **shared),
@@ -81,11 +90,11 @@ def build_pipeline(config, store, files=None, alive=process_alive):
     supervisor.add("members", members.loop)
     supervisor.add("leaderboard", board.loop)
     supervisor.add("leases", LeaseKeeper(pipeline, store, config.lease_seconds / 3).loop)
-    notifier = notify.attach(config, store, metrics, supervisor, pipeline.stop)
+    notifier = notify.attach(config, store, competitions, metrics, supervisor, pipeline.stop)
     judges = (Dispatcher(pipeline, **shared), ConcordanceWorker(pipeline, **shared), OriginalityWorker(pipeline, **shared))
-    rescorer = Rescorer(pipeline, store, config.rules, config.lease_seconds / 3, judges=judges,
+    rescorer = Rescorer(pipeline, store, competitions, config.rules, config.lease_seconds / 3, judges=judges,
                         owner_prefix=owner_prefix(store.owner), alive=alive)
-    return Parts(pipeline, metrics, supervisor, board, members, rounds, rescorer, workers, notifier)
+    return Parts(pipeline, metrics, supervisor, board, members, rounds, rescorer, workers, notifier, competitions)
 
 
 def build_recovery(config, store, parts, alive=process_alive):
@@ -117,7 +126,7 @@ def build_service(config, database):
             parts.notifier.ensure_indexes()
     except pymongo.errors.PyMongoError as exc:  # serve anyway: indexes only make queries faster
         log.warning("could not create the database indexes (%s); recovery and originality queries will be slow "
-                    "until they exist", misconfiguration(exc) or "%s: %s" % (type(exc).__name__, check.short(exc)))
+                    "until they exist", misconfiguration(exc) or "%s: %s" % (type(exc).__name__, preflight.short(exc)))
     parts.supervisor.start()
     log.info("serving on %s:%d (%s mode), %d originality threads",
              config.host, config.port, "local" if config.local else "production", config.originality_threads)
@@ -181,6 +190,6 @@ def seed_demo(config, mongo_url):
                      demo.DEMO_ROUND, demo.DEMO_SUBMISSION, config.host, config.port)
     except pymongo.errors.PyMongoError as exc:
         log.warning("could not load the demo round (%s: %s); it is loaded at the next start",
-                    type(exc).__name__, check.short(exc))
+                    type(exc).__name__, preflight.short(exc))
     finally:
         client.close()

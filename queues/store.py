@@ -50,9 +50,6 @@ JUDGED_FIELDS = ("consistency", "validationLogloss", "concordant", "original", "
 BOARD_FIELDS = {"username": 1, "competition_id": 1, "created": 1, "consistency": 1, "validationLogloss": 1,
                 "concordant": 1, "original": 1, "processing.dispatched": 1, "processing.board": 1,
                 "processing.rev": 1}
-#: The leaderboard is read whole: projecting fields of its entries would drop entries that are
-#: not documents and so shift the positions the writer addresses.
-ENTRY_FIELDS = {"leaderboard": 1}
 
 
 #: Fields of a submission that say which round it is in, whose it is and when it came.
@@ -123,13 +120,12 @@ class Claim:
 
 
 class Store:
-    """Submissions, competitions and users in one database; ``owner`` names this process's leases."""
+    """The submission documents (their state machine, round members and leaderboard stamps); ``owner`` names
+    this process's leases. The competition documents are :class:`queues.competitions.Competitions`'."""
 
     def __init__(self, db, owner=None, lease_seconds=30.0):
         self.db = db
         self.submissions = db.submissions
-        self.competitions = db.competitions
-        self.users = db.users
         self.markers = getattr(db, MARKERS)
         self.owner = owner or owner_name()
         self.lease_seconds = lease_seconds
@@ -457,46 +453,6 @@ class Store:
         return list(self.submissions.find({**within, "processing.state": {"$in": list(SETTLED)}})
                     .sort([("created", 1), ("_id", 1)]))
 
-    def open_rescore(self, competition_id, run):
-        """Open re-score ``run`` (a dict with ``run`` and its request) unless one is open; True when opened.
-
-        The open run is the competition document's ``rescore`` field, set
-        only where it is absent: that one conditional write is the lock
-        that keeps two re-scores of a round from running at once.
-        """
-        self.ensure_competition(competition_id)  # idempotent: a crash after it leaves nothing to finish
-        return bool(self.competitions.update_one({"_id": int(competition_id), "rescore": None},
-                                                 {"$set": {"rescore": run}}).modified_count)
-
-    def open_rescores(self):
-        """``{competition_id: run}`` of every open re-score."""
-        return {doc["_id"]: doc["rescore"] for doc in self.competitions.find({"rescore": {"$ne": None}}, {"rescore": 1})}
-
-    def open_rescore_of(self, competition_id):
-        doc = self.competitions.find_one({"_id": int(competition_id)}, {"rescore": 1, "rescores": 1})
-        return (doc or {}).get("rescore"), (doc or {}).get("rescores") or []
-
-    def drive_rescore(self, competition_id, run, owners=()):
-        """Take or keep the right to drive an open run (its lease); True when this process has it.
-
-        Taken when this process holds it, when it has no lease or an
-        expired one, or when one of ``owners`` (dead processes of this
-        server) held it; one conditional write each, as for a claim.
-        """
-        now = utcnow()
-        lease = {"owner": self.owner, "expires": now + datetime.timedelta(seconds=self.lease_seconds)}
-        conditions = [{"rescore.lease.owner": self.owner}, {"rescore.lease.expires": {"$not": {"$gt": now}}}]
-        conditions += [{"rescore.lease.owner": owner} for owner in owners]
-        for condition in conditions:
-            held = {"_id": int(competition_id), "rescore.run": run, **condition}
-            if self.competitions.update_one(held, {"$set": {"rescore.lease": lease}}).matched_count:
-                return True
-        return False
-
-    def release_rescores(self):
-        """Give up driving any run this process drives (stopping): another process may take it at once."""
-        self.competitions.update_many({"rescore.lease.owner": self.owner}, {"$set": {"rescore.lease.expires": utcnow()}})
-
     def rescore_candidates(self, scope, run, limit):
         """Settled submissions of the run's scope it has not re-queued yet, oldest first (whole documents)."""
         return list(self.submissions.find({**scope, "processing.state": {"$in": list(SETTLED)},
@@ -513,16 +469,6 @@ class Store:
     def rescored(self, competition_id, run):
         """Every submission of the round that ``run`` re-queued, with its history."""
         return list(self.submissions.find({"competition_id": int(competition_id), "history.run": run}))
-
-    def close_rescore(self, competition_id, run, summary):
-        """Close the open run ``run``, keeping ``summary`` in ``rescores``; True when this call closed it."""
-        update = {"$unset": {"rescore": ""}, "$push": {"rescores": summary}}
-        if self.notify is not None:  # the webhook event, in the same write
-            update["$set"] = self.notify.rescored(competition_id, summary, utcnow())
-        closed = bool(self.competitions.update_one({"_id": int(competition_id), "rescore.run": run}, update).modified_count)
-        if closed and self.notify is not None:
-            self.notify.wake()
-        return closed
 
     # -- originality's round members (see queues.members) ---------------------------
     def round_members(self, competition_id):
@@ -570,34 +516,6 @@ class Store:
         if not oids:
             return []
         return list(self.submissions.find({"_id": {"$in": list(oids)}}, BOARD_FIELDS))
-
-    def board_entries(self, competition_id):
-        """The round's leaderboard entries, or None when the round has no document."""
-        doc = self.competitions.find_one({"_id": int(competition_id)}, ENTRY_FIELDS)
-        if doc is None:
-            return None
-        entries = doc.get("leaderboard")
-        return entries if isinstance(entries, list) else []
-
-    def ensure_competition(self, competition_id):
-        self.competitions.update_one({"_id": int(competition_id)}, {"$setOnInsert": {"leaderboard": []}}, upsert=True)
-
-    def replace_board(self, competition_id, entries, replacement):
-        """Replace the round's whole leaderboard, only if it is still exactly ``entries``; True when it was."""
-        return bool(self.competitions.update_one({"_id": int(competition_id), "leaderboard": entries},
-                                                 {"$set": {"leaderboard": replacement}}).matched_count)
-
-    def write_board(self, competition_id, conditions, sets):
-        """One conditional ``$set`` on the round's competition document; True when it matched."""
-        return bool(self.competitions.update_one({"_id": int(competition_id), **conditions},
-                                                 {"$set": sets}).matched_count)
-
-    def career_earnings(self, usernames):
-        """``{username: {usd, nmr}}`` career earnings, zeros for users with none recorded."""
-        found = {doc["username"]: ((doc.get("earnings") or {}).get("career") or {})
-                 for doc in self.users.find({"username": {"$in": list(usernames)}}, {"username": 1, "earnings.career": 1})}
-        return {name: {"usd": found.get(name, {}).get("usd", 0), "nmr": found.get(name, {}).get("nmr", 0)}
-                for name in usernames}
 
     def clear_board_stamps(self, stamps):
         """Clear leaderboard stamps ``[(oid, stamp)]`` unless a newer transition re-stamped them.

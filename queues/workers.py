@@ -43,7 +43,7 @@ def backoff(attempt):
     return min(BACKOFF_CAP, BACKOFF_BASE * 2 ** attempt) * random.uniform(0.5, 1.0)
 
 
-def check_document(doc, submission_id):
+def require_judgeable(doc, submission_id):
     """Raise a permanent error, naming the field and what it holds, unless the document has what judging needs."""
     if doc is None:
         raise MissingSubmission("submission %s no longer exists" % submission_id)
@@ -201,7 +201,7 @@ class Dispatcher(Worker):
                 log.info("%s: nothing to claim (finished, gone, or another worker holds it)", sid)
                 return "skipped"
         claim = job.claim
-        check_document(claim.doc, sid)
+        require_judgeable(claim.doc, sid)
         if not claim.dispatched:
             self.dispatch(job)
         if not claim.pending:  # dispatched with both verdicts in: only the final transition is missing

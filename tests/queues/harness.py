@@ -96,6 +96,7 @@ class Node:
         self.pipeline, self.metrics, self.board = parts.pipeline, parts.metrics, parts.board
         self.members, self.rescorer, self.workers = parts.members, parts.rescorer, parts.workers
         self.notifier = parts.notifier  # None unless settings turn webhooks on; a test delivers with it
+        self.competitions = parts.competitions
         self.recovery = build_recovery(config, self.store, parts, alive=lives)
         if follow:  # follow the database's change stream as the server's members thread does
             threading.Thread(target=self.members.loop, name="members", daemon=True).start()
@@ -138,9 +139,9 @@ class Node:
             self.rescorer.step()
             self.drain()
             self.recover()  # as the server's recovery thread would: work a stale job dropped is claimed again
-            if not self.store.open_rescores():
+            if not self.competitions.open_runs():
                 return
-        raise AssertionError("a re-score is still open after %d passes: %s" % (passes, self.store.open_rescores()))
+        raise AssertionError("a re-score is still open after %d passes: %s" % (passes, self.competitions.open_runs()))
 
     def recover(self):
         """One recovery sweep, then everything it queued."""

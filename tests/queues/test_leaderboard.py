@@ -10,6 +10,7 @@ import threading
 import pytest
 from bson import ObjectId
 
+from queues.competitions import Competitions
 from queues.leaderboard import Leaderboard, desired_entry
 from queues.store import Store
 
@@ -222,16 +223,16 @@ def test_only_the_fields_the_service_owns_are_written(rnd, board):
 
 
 class Interrupted:
-    """A store whose next leaderboard write first lets ``meanwhile`` run: the writer read the
+    """Competitions whose next leaderboard write first lets ``meanwhile`` run: the writer read the
     entries and the submissions, then another server's writer (and workers) went first."""
 
-    def __init__(self, store, meanwhile):
-        self.store = store
+    def __init__(self, competitions, meanwhile):
+        self.competitions = competitions
         self.meanwhile = list(meanwhile)
         self.matched = []
 
     def __getattr__(self, name):
-        return getattr(self.store, name)
+        return getattr(self.competitions, name)
 
     def _interrupted(self, write, *args):
         if self.meanwhile:
@@ -240,10 +241,10 @@ class Interrupted:
         return self.matched[-1]
 
     def write_board(self, *args):
-        return self._interrupted(self.store.write_board, *args)
+        return self._interrupted(self.competitions.write_board, *args)
 
     def replace_board(self, *args):
-        return self._interrupted(self.store.replace_board, *args)
+        return self._interrupted(self.competitions.replace_board, *args)
 
 
 @pytest.mark.parametrize("stale", ["older submission", "older revision"])
@@ -268,8 +269,8 @@ def test_a_writer_whose_read_was_overtaken_cannot_move_an_entry_backwards(rnd, b
         board.touch(ROUND, "alice")
         board.flush(board.take(0))
     rnd.judge(older, concordant=True)  # what the slow writer reads
-    interrupted = Interrupted(rnd.store, [overtake])
-    slow = Leaderboard(interrupted, threading.Event())
+    interrupted = Interrupted(Competitions(rnd.db), [overtake])
+    slow = Leaderboard(rnd.store, threading.Event(), competitions=interrupted)
     slow.touch(ROUND, "alice")
     slow.flush(slow.take(0))
     # the overtaken write matched nothing; from fresh reads the entry was then in line, or written again
@@ -363,8 +364,8 @@ def test_a_backend_writing_elsewhere_on_the_board_is_kept_and_does_not_stop_the_
     def backend(paid):
         return lambda: rnd.db.competitions.update_one({"_id": ROUND, "leaderboard.username": "bob"},
                                                       {"$set": {"leaderboard.$.paid": paid}})
-    interrupted = Interrupted(rnd.store, [backend(1), backend(2)])
-    writer = Leaderboard(interrupted, threading.Event())
+    interrupted = Interrupted(Competitions(rnd.db), [backend(1), backend(2)])
+    writer = Leaderboard(rnd.store, threading.Event(), competitions=interrupted)
     writer.touch(ROUND, "alice")
     writer.flush(writer.take(0))
     assert interrupted.matched == [False, True] and writer.pending() == 0

@@ -29,7 +29,8 @@ from queues.store import utcnow
 from tests.queues.harness import API_KEY, Node, World
 from tests.receiver import FAIL, HANG, OK, Receiver, Refusing
 
-SECRET = "whsec_" + base64.b64encode(os.urandom(32)).decode()
+#: A fixed secret (the same in every pytest-xdist worker, whose parametrised ids must agree); 32 bytes as a receiver would have.
+SECRET = "whsec_" + base64.b64encode(bytes(range(32))).decode()
 
 
 class Clock:
@@ -533,8 +534,8 @@ def test_the_log_never_names_the_secret_nor_the_urls_query(make_node, world, mod
 
 # -- ./server check ---------------------------------------------------------------------------------------
 def check_lines(config):
-    from queues import check
-    return [finding.line() for finding in check.each(config, lambda url: mongomock.MongoClient(), None,
+    from queues import preflight
+    return [finding.line() for finding in preflight.each(config, lambda url: mongomock.MongoClient(), None,
                                                           local_database=lambda: "mongodb://127.0.0.1:1")]
 
 

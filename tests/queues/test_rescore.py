@@ -175,7 +175,7 @@ def test_a_request_names_what_is_wrong(judged):
     stranger = str(ObjectId())
     with pytest.raises(NoSuchRound, match=stranger):
         node.rescorer.request(ROUND, only=[stranger])
-    assert node.store.open_rescores() == {}
+    assert node.competitions.open_runs() == {}
 
 
 def test_a_stale_read_re_queues_nothing(judged):

@@ -160,7 +160,7 @@ class Servers(RuleBasedStateMachine):
             expire_leases(self.db)
             for node in self.nodes:
                 node.recover()
-                if node.store.open_rescores():
+                if node.competitions.open_runs():
                     node.rescore()
         rnd = self.nodes[0].workers[CONCORDANCE].rounds
         loaded = rnd.get(ROUND)

@@ -184,7 +184,7 @@ def test_scoring_twice_leaves_the_same_documents(submit, store, pipeline, stages
         docs = [{k: v for k, v in store.get(sid).items() if k not in ("processing", "history")} for sid in ids]
         for doc in docs:
             doc["provenance"].pop("judged_at")  # the one thing meant to change
-        return docs, store.competitions.find_one({"_id": ROUND})
+        return docs, store.db.competitions.find_one({"_id": ROUND})
 
     before, judged = snapshot(), [store.get(sid) for sid in ids]
     assert {outcome for *_, outcome in score(store, pipeline, stages, *ids)} == {"ok"}

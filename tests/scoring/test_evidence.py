@@ -23,7 +23,6 @@ from sklearn.metrics import log_loss
 
 from scoring import concordance, consistency, evidence, originality
 from scoring.bounds import cutoff
-from scoring.prepared import PreparedRound
 from scoring.rules import Rules
 from tests.scoring.test_prepared import (
     BASES,

@@ -133,7 +133,7 @@ def listening(config, running=None):
         return Finding("configuration (%s mode, %s, served by the running %s)" % (mode, address, running.who()))
     what = "configuration (%s mode, would listen on %s)" % (mode, address)
     try:
-        serve.check_listening(config.host, config.port)
+        serve.refuse_unless_listenable(config.host, config.port)
     except serve.CannotListen as exc:
         return Finding(what, str(exc))
     return Finding(what)

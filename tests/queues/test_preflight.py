@@ -8,7 +8,7 @@ import pymongo.errors
 import pytest
 from moto import mock_aws
 
-from queues import check, local
+from queues import local, preflight
 from queues.config import Config
 from queues.local import Holder, free_port
 
@@ -72,9 +72,9 @@ class Refusing:
 
 
 def run(config, connect, s3_client):
-    findings = list(check.each(config, connect, s3_client))
+    findings = list(preflight.each(config, connect, s3_client))
     out = io.StringIO()
-    return findings, check.report(findings, out), out.getvalue()
+    return findings, preflight.report(findings, out), out.getvalue()
 
 
 def test_everything_ready_is_exit_0_with_one_ok_line_each(production, s3):
@@ -157,11 +157,11 @@ def local_config(tmp_path, **fields):
 
 def test_local_mode_checks_the_folder_and_the_database_it_would_use(tmp_path):
     config = local_config(tmp_path)
-    findings = list(check.each(config, healthy_mongo, None, lambda: "mongodb://127.0.0.1:27017"))
+    findings = list(preflight.each(config, healthy_mongo, None, lambda: "mongodb://127.0.0.1:27017"))
     assert [f.ok for f in findings] == [True, True, True]
     (tmp_path / "file").write_text("x")
     config = Config(api_key="k", local=True, local_dir=str(tmp_path / "file"), port=free_port())
-    findings = list(check.each(config, healthy_mongo, None, lambda: check.Finding("embedded database")))
+    findings = list(preflight.each(config, healthy_mongo, None, lambda: preflight.Finding("embedded database")))
     assert findings[1].problem == "is a file, not a folder"
 
 
@@ -172,7 +172,7 @@ def nothing_on_27017(monkeypatch):
 
 def test_local_mode_says_it_would_start_a_database_not_that_it_started_one(tmp_path, nothing_on_27017):
     config = local_config(tmp_path)
-    finding = check.local_database(config)
+    finding = preflight.local_database(config)
     assert finding.ok and finding.what == "embedded database (SecantusDB), would be started in %s" % (
         tmp_path / "local" / "db")
 
@@ -188,7 +188,7 @@ def test_a_running_local_server_is_recognised_and_its_database_checked(tmp_path,
         probed.append(url)
         return mongomock.MongoClient()
     with local.claim(config.local_dir, me):
-        findings = list(check.each(config, connect, None, lambda: check.local_database(config)))
+        findings = list(preflight.each(config, connect, None, lambda: preflight.local_database(config)))
     assert probed == ["mongodb://127.0.0.1:27999"]
     assert [f.ok for f in findings] == [True, True, True], [f.line() for f in findings]
     running = "./server --use_local (pid 4242), serving http://127.0.0.1:%d" % config.port
@@ -200,7 +200,7 @@ def test_a_running_local_server_is_recognised_and_its_database_checked(tmp_path,
 def test_a_running_local_server_without_a_recorded_database_is_said_to_be_starting(tmp_path, nothing_on_27017):
     config = local_config(tmp_path)
     with local.claim(config.local_dir, Holder(command="./server --use_local", pid=4242, server="http://x:1")):
-        finding = check.local_database(config)
+        finding = preflight.local_database(config)
     assert not finding.ok and "check again once it answers" in finding.problem
 
 
@@ -225,8 +225,8 @@ def test_a_port_in_use_is_a_problem(production, s3):
 
 def test_report_counts_every_problem(production):
     out = io.StringIO()
-    findings = [check.Finding("configuration", "A is wrong"), check.Finding("configuration", "B is wrong")]
-    assert check.report(findings, out) == 1
+    findings = [preflight.Finding("configuration", "A is wrong"), preflight.Finding("configuration", "B is wrong")]
+    assert preflight.report(findings, out) == 1
     assert out.getvalue().splitlines() == ["FAIL  configuration: A is wrong", "FAIL  configuration: B is wrong",
                                            "not ready: 2 problems"]
 
@@ -234,7 +234,7 @@ def test_report_counts_every_problem(production):
 def test_a_database_nobody_recorded_on_the_folder_is_named_with_its_kill(tmp_path, nothing_on_27017, monkeypatch):
     config = local_config(tmp_path)
     monkeypatch.setattr(local, "databases_on", lambda data_dir: [31337])
-    finding = check.local_database(config)
+    finding = preflight.local_database(config)
     assert not finding.ok and "SecantusDB (pid 31337)" in finding.problem and "kill 31337" in finding.problem
 
 
@@ -244,6 +244,6 @@ def test_a_database_a_killed_server_left_is_what_a_start_would_stop(tmp_path, no
         pass  # the server was killed: its record stays, its lock is gone
     monkeypatch.setattr(local, "databases_on", lambda data_dir: [31337])
     monkeypatch.setattr(local, "is_database_of", lambda pid, data_dir: pid == 31337)
-    finding = check.local_database(config)
+    finding = preflight.local_database(config)
     assert finding.ok and finding.what.endswith("after stopping SecantusDB pid 31337, which a killed ./server "
                                                 "--use_local left running")
