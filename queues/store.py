@@ -52,6 +52,9 @@ BOARD_FIELDS = {"username": 1, "competition_id": 1, "created": 1, "consistency":
                 "processing.rev": 1}
 
 
+#: The most ids one ``$in`` of the leaderboard's reads and stamp clearing carries (see ``board_docs``).
+IDS_PER_COMMAND = 25
+
 #: Fields of a submission that say which round it is in, whose it is and when it came.
 MEMBER_FIELDS = {"username": 1, "filename": 1, "created": 1, "competition_id": 1}
 #: The service's own collection of markers: a write there tells a change stream's reader it has caught up.
@@ -512,10 +515,17 @@ class Store:
         return list(self.submissions.find({"competition_id": int(competition_id)}, BOARD_FIELDS))
 
     def board_docs(self, oids):
-        """These submissions (by ``_id``), with what the leaderboard shows of them."""
-        if not oids:
-            return []
-        return list(self.submissions.find({"_id": {"$in": list(oids)}}, BOARD_FIELDS))
+        """These submissions (by ``_id``), with what the leaderboard shows of them.
+
+        Read in commands of at most ``IDS_PER_COMMAND`` ids: SecantusDB's
+        cost for an ``$in`` grows faster than its length (on 1,000 documents
+        of 3 KB, 16 ms for 100 ids, 284 ms for 500; the stamp clearing's two
+        lists cost 69 ms for 100 pairs in one command, 25 ms in four), so
+        many short lists cost less than one long one.
+        """
+        oids = list(oids)
+        return [doc for start in range(0, len(oids), IDS_PER_COMMAND)
+                for doc in self.submissions.find({"_id": {"$in": oids[start:start + IDS_PER_COMMAND]}}, BOARD_FIELDS)]
 
     def clear_board_stamps(self, stamps):
         """Clear leaderboard stamps ``[(oid, stamp)]`` unless a newer transition re-stamped them.
@@ -524,10 +534,13 @@ class Store:
         is listed and its stamp is listed" is "it still carries its own
         listed stamp", and the filter needs no ``$or`` of pairs (with which
         SecantusDB scans the whole collection rather than look the ids up).
+        Sent in commands of at most ``IDS_PER_COMMAND`` pairs, as ``board_docs``.
         """
-        if stamps:
+        stamps = list(stamps)
+        for start in range(0, len(stamps), IDS_PER_COMMAND):
+            chunk = stamps[start:start + IDS_PER_COMMAND]
             self.submissions.update_many(
-                {"_id": {"$in": [oid for oid, _ in stamps]}, "processing.board": {"$in": [stamp for _, stamp in stamps]}},
+                {"_id": {"$in": [oid for oid, _ in chunk]}, "processing.board": {"$in": [stamp for _, stamp in chunk]}},
                 {"$unset": {"processing.board": ""}})
 
     def stamped(self, limit):

@@ -11,6 +11,7 @@ import pytest
 from bson import ObjectId
 from pymongo import monitoring
 
+from queues import store as store_module
 from queues.store import (CHECKS, DONE, FAILED, PENDING, QUEUED, SCORING, Claim, LeaseLost, Store,
                           utcnow)
 
@@ -271,6 +272,22 @@ def test_board_stamps_are_cleared_only_when_unchanged(store, db):
     assert "board" not in store.get(sid)["processing"]
     assert store.stamped(10) == set()
 
+
+
+def test_long_id_lists_go_in_short_commands_and_miss_nothing(store, db, monkeypatch):
+    """The leaderboard's reads and stamp clearing split their ids into commands of IDS_PER_COMMAND
+    (SecantusDB's $in costs more than linearly); every listed document is still read or cleared."""
+    monkeypatch.setattr(store_module, "IDS_PER_COMMAND", 2)
+    sids = [add_submission(db, "user%d" % number) for number in range(5)]
+    oids = [ObjectId(sid) for sid in sids]
+    assert sorted(doc["_id"] for doc in store.board_docs(oids)) == sorted(oids)
+    db.submissions.update_many({}, {"$set": {"processing.board": "stamp"}})
+    sent = []
+    original = store.submissions.update_many
+    monkeypatch.setattr(store.submissions, "update_many", lambda *args, **kwargs: sent.append(1) or original(*args, **kwargs))
+    store.clear_board_stamps([(oid, "stamp") for oid in oids])
+    assert len(sent) == 3
+    assert db.submissions.count_documents({"processing.board": {"$exists": True}}) == 0
 
 # -- races on a real server ------------------------------------------------------------
 def run_together(functions):
