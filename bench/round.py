@@ -274,12 +274,13 @@ def board_cost(db, database, watch, repeats=10):
     return figures
 
 
-def rescore_round(app, database, timeout):
+def rescore_round(app, db, database, timeout):
     """Re-score the whole judged round over HTTP, as an operator would; its seconds and CPU.
 
     Every submission goes through the pipeline again (re-queued with its
     judgement kept in history, claimed, judged); the run closes when all
-    are settled. Polled every half second through the API.
+    are settled. Polled every half second through the API; then the
+    leaderboard is waited for (``rescore_board_s``), as after the round.
     """
     http = app.test_client()
     headers = {"X-API-Key": API_KEY}
@@ -295,8 +296,11 @@ def rescore_round(app, database, timeout):
         return status.get("status") == "finished" and status
     seconds = wait_until(finished, started, timeout, "re-score not finished")
     status = finished()
-    return {"rescore_s": round(seconds, 1), "rescore_db_cpu_s": round(database.cpu_seconds() - cpu_before, 1),
-            "rescore_service_cpu_s": round(service_cpu_seconds() - own_before, 1),
+    cpu, own = database.cpu_seconds() - cpu_before, service_cpu_seconds() - own_before
+    board_seconds = wait_until(lambda: db.submissions.find_one({"processing.board": {"$exists": True}}, {"_id": 1}) is None,
+                               started, timeout, "leaderboard not in line after the re-score")
+    return {"rescore_s": round(seconds, 1), "rescore_board_s": round(board_seconds, 1), "rescore_db_cpu_s": round(cpu, 1),
+            "rescore_service_cpu_s": round(own, 1),
             "rescore_submissions": status["submissions"], "rescore_changed": status["changed"]}
 
 
@@ -333,7 +337,7 @@ def run_round(root, docs, timeout, checks, rescore=False, notify_url=None):
                 counts = collections.Counter(commands.counts)
                 board_db = sum(commands.seconds[thread] for thread in BOARD_THREADS)
                 calibrated = board_cost(client[DB_NAME], database, watch)
-                rescored = rescore_round(app, database, timeout) if rescore else {}
+                rescored = rescore_round(app, db, database, timeout) if rescore else {}
             finally:
                 stop()
             extra = checks(db)
