@@ -21,14 +21,11 @@ running server delivers whatever that command leaves. Then:
 import json
 import threading
 
-import numpy as np
-
 from tests.queues.test_notify import SECRET, the_document_says
 from tests.receiver import FAIL, HANG, OK, Receiver
 
-from .conftest import (FINAL, Predictor, assert_verdicts, expected_verdicts, load_round, make_round, states,
-                       wait_finished, wait_for)
-from .test_rescore import LOOSER, finish, flips, rescore, rules_of, scaled
+from .conftest import FINAL, assert_verdicts, expected_verdicts, load_round, states, wait_finished, wait_for
+from .test_rescore import LOOSER, finish, flips, rescore, rules_of, six_users
 
 ROUND = 41
 #: The lease of a killed delivery is NOTIFY_TIMEOUT plus 5 s: short, so the restarted server takes it soon.
@@ -71,13 +68,7 @@ class Plan:
 
 
 def round_of_seven(storage):
-    rnd = make_round(ROUND, seed=808)
-    predict = Predictor(rnd, seed=809)
-    rng = np.random.default_rng(810)
-    first, other = predict.model(), predict.model()
-    for username, values in (("alice", first), ("bob", scaled(first, rng)), ("carol", other),
-                             ("dave", predict.near_copy(other)), ("erin", predict.model()), ("frank", predict.noise())):
-        rnd.add(username, values)
+    rnd = six_users()
     rnd.add("gina", raw=b"id,probability\nnot-an-id,0.5\n")
     load_round(storage, rnd)
     return rnd

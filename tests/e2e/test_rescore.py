@@ -42,8 +42,9 @@ def scaled(values, rng):
     return np.clip(0.5 + 1.5 * (values - 0.5) + rng.normal(0, 0.002, len(values)), 0.01, 0.99).round(5)
 
 
-def judged_round(storage, start_server):
-    """Round 41 with six users, judged by a server under the default rules (stopped afterwards)."""
+def six_users():
+    """Round 41 with six users: a model, a scaled copy of it (original only under the default
+    correlation limit), another model, a near copy of that, a third model, noise."""
     rnd = make_round(ROUND, seed=808)
     predict = Predictor(rnd, seed=809)
     rng = np.random.default_rng(810)
@@ -51,6 +52,12 @@ def judged_round(storage, start_server):
     for username, values in (("alice", first), ("bob", scaled(first, rng)), ("carol", other),
                              ("dave", predict.near_copy(other)), ("erin", predict.model()), ("frank", predict.noise())):
         rnd.add(username, values)
+    return rnd
+
+
+def judged_round(storage, start_server):
+    """Round 41 with six users, judged by a server under the default rules (stopped afterwards)."""
+    rnd = six_users()
     load_round(storage, rnd)
     server = start_server()
     for sub in rnd.submissions:

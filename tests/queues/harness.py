@@ -221,3 +221,33 @@ def check_quiescent(db, expected):
     for entry in board:
         target = newest(by_user[entry["username"]])
         assert {key: entry.get(key) for key in desired_entry(target)} == desired_entry(target), (entry, desired_entry(target))
+
+
+
+#: What ``answered`` holds once the client's re-score request was answered.
+RESCORE_ANSWERED = "rescore"
+
+
+def play(node, actions, ids, answered, extra=None):
+    """The client's ``actions`` on ``node``, in order, noting in ``answered`` what got its answer.
+
+    An action is ``"drain"`` (run every queued stage), ``"rescore"`` (request
+    a run of round 41, then drive it; RESCORE_ANSWERED once the request
+    returned), ``"post <name>"`` (POST ``ids[name]``, its id noted once
+    its 202 came back), or a key of ``extra``, a function of the node. A
+    crash (:class:`Crash`) ends the play; ``answered`` then says what a
+    client would send again.
+    """
+    for action in actions:
+        if action == "drain":
+            node.drain()
+        elif action == "rescore":
+            node.rescorer.request(41)
+            answered.add(RESCORE_ANSWERED)
+            node.rescore()
+        elif extra and action in extra:
+            extra[action](node)
+        else:
+            sid = ids[action.split()[1]]
+            assert node.post(sid).status_code == 202
+            answered.add(sid)

@@ -21,7 +21,7 @@ from queues.pipeline import CONCORDANCE
 from scoring.rules import Rules
 
 from tests.oracle import Oracle
-from tests.queues.harness import Crash, Faults, Node, World, check_quiescent
+from tests.queues.harness import RESCORE_ANSWERED, Crash, Faults, Node, World, check_quiescent, play
 
 
 class RoundBroken(PermanentError):
@@ -106,19 +106,8 @@ def run_path(setting, model_values, path, fail_at, after):
     faults = Faults(fail_at, after)
     first = node(1, faults)
     crashed = False
-    requested = False
     try:
-        for action in actions:
-            if action == "drain":
-                first.drain()
-            elif action == "rescore":
-                first.rescorer.request(41)
-                requested = True
-                first.rescore()
-            else:
-                sid = ids[action.split()[1]]
-                assert first.post(sid).status_code == 202
-                answered.add(sid)
+        play(first, actions, ids, answered)
     except Crash:
         crashed = True
     # A new process of the same server; the client re-sends what it had no answer to.
@@ -127,7 +116,7 @@ def run_path(setting, model_values, path, fail_at, after):
     for sid in ids.values():
         if sid not in answered:
             assert second.post(sid).status_code == 202
-    if rescoring and not requested:  # the operator had no answer: asks again
+    if rescoring and RESCORE_ANSWERED not in answered:  # the operator had no answer: asks again
         second.rescorer.request(41)
     second.drain()
     second.recover()

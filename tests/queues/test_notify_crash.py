@@ -24,7 +24,7 @@ from bson import ObjectId
 
 from queues.files import LocalFiles
 from scoring.rules import Rules
-from tests.queues.harness import Crash, Faults, Node, World, check_settled
+from tests.queues.harness import RESCORE_ANSWERED, Crash, Faults, Node, World, check_settled, play
 from tests.queues.test_notify import SECRET, Clock, deliver_everything, the_document_says, webhooks
 from tests.receiver import FAIL, OK, Receiver
 
@@ -78,6 +78,14 @@ def values(round_frames):
     return {1: base, 2: np.clip(rng.normal(0.5, 0.05, size=n), 0.01, 0.99).round(5), "scaled 1": scaled}
 
 
+def deliver_once(node):
+    """One poll and its deliveries, then time for every retry to be due."""
+    node.notifier.poll()
+    while node.notifier.deliver_next() is not None:
+        pass
+    node.clock.advance(600)
+
+
 def run_path(setting, values, receiver, path, fail_at, after):
     """Run ``path`` with the ``fail_at``-th write crashing, then recover; returns (crashed, writes, db)."""
     client, files, cache_dir, tournament = setting
@@ -104,24 +112,9 @@ def run_path(setting, values, receiver, path, fail_at, after):
         deliver_everything(judge)
     faults = Faults(fail_at, after)
     first = node(1, faults)
-    crashed = requested = False
+    crashed = False
     try:
-        for action in actions:
-            if action == "drain":
-                first.drain()
-            elif action == "deliver":  # one poll and its deliveries, then time for every retry to be due
-                first.notifier.poll()
-                while first.notifier.deliver_next() is not None:
-                    pass
-                first.clock.advance(600)
-            elif action == "rescore":
-                first.rescorer.request(41)
-                requested = True
-                first.rescore()
-            else:
-                sid = ids[action.split()[1]]
-                assert first.post(sid).status_code == 202
-                answered.add(sid)
+        play(first, actions, ids, answered, extra={"deliver": deliver_once})
     except Crash:
         crashed = True
     second = node(2)  # a new process of the same server; the client re-sends what it had no answer to
@@ -129,7 +122,7 @@ def run_path(setting, values, receiver, path, fail_at, after):
     for sid in ids.values():
         if sid not in answered:
             assert second.post(sid).status_code == 202
-    if rescoring and not requested:
+    if rescoring and RESCORE_ANSWERED not in answered:
         second.rescorer.request(41)
     second.drain()
     second.recover()
