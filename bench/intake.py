@@ -24,6 +24,7 @@ import json
 import multiprocessing
 import os
 import signal
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -47,6 +48,8 @@ def add_arguments(parser):
     parser.add_argument("--seconds", type=float, default=8.0, help="load duration per run")
     parser.add_argument("--clients", type=int, default=16, help="concurrent keep-alive connections")
     parser.add_argument("--submissions", type=int, default=100, help="submission documents the load cycles through")
+    parser.add_argument("--rounds", type=int, default=3,
+                        help="windows of each side, alternating bare then the service; medians are compared")
     parser.add_argument("--stores", default="secantus",
                         help="comma-separated: secantus (in its own process), mongomock (in the server's, a stand-in)")
 
@@ -146,31 +149,61 @@ def check_all_judged(port, count):
 
 
 def run(args):
+    """Bare and service windows alternate, ``args.rounds`` times, on servers started once.
+
+    Alternating keeps a machine that warms up or gets busier from favouring
+    one side; after each service window every submission must end judged
+    before the next bare window starts, so judging never runs beside the
+    bare handler's load. The first service window also pays for loading
+    the round (a one-off per round and process): each window's figures are
+    reported, and the medians are compared.
+    """
     results = []
     with tempfile.TemporaryDirectory() as folder:
-        with serving(os.path.join(folder, "bare"), "--bare") as port:
-            bare = measure(port, args)
-        for store in [name.strip() for name in args.stores.split(",") if name.strip()]:
-            extra, database, name = ["--submissions", str(args.submissions)], None, MONGOMOCK
-            with contextlib.ExitStack() as stack:
-                if store == "secantus":
-                    database = stack.enter_context(secantus(os.path.join(folder, "secantus")))
-                    extra += ["--mongo-url", database.url]
-                    name = store_name()
-                elif store != "mongomock":
-                    raise BenchmarkError("unknown store %r" % store)
-                port = stack.enter_context(serving(os.path.join(folder, store), *extra))
-                cpu_before = database.cpu_seconds() if database else 0.0
-                figures = measure(port, args, judged=True)
-                cpu = database.cpu_seconds() - cpu_before if database else None
-                check_all_judged(port, args.submissions)
+        with serving(os.path.join(folder, "bare"), "--bare") as bare_port:
+            for store in [name.strip() for name in args.stores.split(",") if name.strip()]:
+                results.append(measure_store(args, folder, store, bare_port))
+    return results
+
+
+def measure_store(args, folder, store, bare_port):
+    """One store's result: ``args.rounds`` pairs of windows, bare then service."""
+    extra, database, name = ["--submissions", str(args.submissions)], None, MONGOMOCK
+    with contextlib.ExitStack() as stack:
+        if store == "secantus":
+            database = stack.enter_context(secantus(os.path.join(folder, "secantus")))
+            extra += ["--mongo-url", database.url]
+            name = store_name()
+        elif store != "mongomock":
+            raise BenchmarkError("unknown store %r" % store)
+        port = stack.enter_context(serving(os.path.join(folder, store), *extra))
+        windows = []
+        for _ in range(args.rounds):
+            bare = measure(bare_port, args)
+            cpu_before = database.cpu_seconds() if database else 0.0
+            judged_before = judged_so_far(port)
+            figures = measure(port, args, judged=True)
+            figures["judged"] -= judged_before  # this window's judgements
+            figures["db_cpu"] = database.cpu_seconds() - cpu_before if database else None
+            check_all_judged(port, args.submissions)
             if figures["server_errors"]:
                 raise BenchmarkError("%d server errors under load against %s" % (figures["server_errors"], store))
-            fields = {"store": name, "clients": args.clients, "submissions": args.submissions,
-                      "seconds": args.seconds, "rps": figures["rps"], "p50_ms": figures["p50_ms"],
-                      "p99_ms": figures["p99_ms"], "non_202": figures["non_202"], "judged": figures["judged"]}
-            if cpu is not None:
-                fields["db_cpu_s"] = round(cpu, 1)
-            fields.update(bare_rps=bare["rps"], bare_p99_ms=bare["p99_ms"])
-            results.append(result("intake", fields, figures["median"], bare["median"]))
-    return results
+            windows.append((bare, figures))
+    return result("intake", summary(args, name, windows), statistics.median(f["median"] for _, f in windows),
+                  statistics.median(b["median"] for b, _ in windows))
+
+
+def summary(args, name, windows):
+    """The medians over the windows, the ratios to the bare handler, and each window's rates."""
+    def median(side, key):
+        return round(statistics.median(pair[side][key] for pair in windows), 2)
+    fields = {"store": name, "clients": args.clients, "submissions": args.submissions, "seconds": args.seconds,
+              "rounds": len(windows), "rps": median(1, "rps"), "p50_ms": median(1, "p50_ms"), "p99_ms": median(1, "p99_ms"),
+              "non_202": sum(f["non_202"] for _, f in windows), "judged": "/".join(str(f["judged"]) for _, f in windows),
+              "bare_rps": median(0, "rps"), "bare_p99_ms": median(0, "p99_ms"),
+              "rate_ratio": round(statistics.median(f["rps"] / b["rps"] for b, f in windows), 3),
+              "p99_ratio": round(statistics.median(f["p99_ms"] / b["p99_ms"] for b, f in windows), 3),
+              "windows_rps": ",".join("%.0f/%.0f" % (f["rps"], b["rps"]) for b, f in windows)}
+    if windows[0][1]["db_cpu"] is not None:
+        fields["db_cpu_s"] = round(statistics.median(f["db_cpu"] for _, f in windows), 1)
+    return fields
