@@ -20,6 +20,9 @@ OK, FAIL, HANG = "ok", "fail", "hang"
 #: A hanging answer never waits longer than this, so a test that forgets to release ends anyway.
 HANG_CAP = 120.0
 
+#: How often the receiver's server looks whether it is asked to stop.
+STOP_POLL = 0.01
+
 
 @dataclasses.dataclass
 class Received:
@@ -63,7 +66,10 @@ class Receiver:
         self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.server.daemon_threads = True
         self.url = "http://127.0.0.1:%d/hooks/criteria?token=query-is-kept" % self.server.server_address[1]
-        self.thread = threading.Thread(target=self.server.serve_forever, name="receiver", daemon=True)
+        # serve_forever looks at shutdown() every poll_interval (0.5 s by default): a stop that waits
+        # half a second, once per receiver, was most of the webhook crash test's time
+        self.thread = threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": STOP_POLL},
+                                       name="receiver", daemon=True)
 
     def __enter__(self):
         self.thread.start()

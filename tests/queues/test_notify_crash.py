@@ -18,7 +18,7 @@ recovers, judges and delivers everything. Then:
 """
 import json
 
-import mongomock
+import pymongo
 import pytest
 from bson import ObjectId
 
@@ -57,13 +57,11 @@ class FailsFirst:
 
 
 @pytest.fixture(scope="module")
-def setting(round_frames, round_zip, tmp_path_factory):
-    """mongomock: each path runs once per write, about a thousand runs in all; the fencing of
-    every write is the same conditional update on SecantusDB, where test_crash.py runs."""
+def setting(real_mongo_url, round_frames, round_zip, tmp_path_factory):
     folder = tmp_path_factory.mktemp("notify-crash")
     files = LocalFiles(str(folder / "files"))
     files.put_dataset(41, str(round_zip))
-    client = mongomock.MongoClient()
+    client = pymongo.MongoClient(real_mongo_url, serverSelectionTimeoutMS=5000)
     yield client, files, str(folder / "cache"), round_frames[1]
     client.close()
 
