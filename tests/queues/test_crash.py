@@ -11,12 +11,10 @@ submission with its verdicts. Runs against SecantusDB (the leaderboard's
 grouped writes use array filters).
 """
 import numpy as np
-import pymongo
 import pytest
 from bson import ObjectId
 
 from queues.errors import PermanentError
-from queues.files import LocalFiles
 from queues.pipeline import CONCORDANCE
 from scoring.rules import Rules
 
@@ -48,29 +46,9 @@ PATHS = {
 CHANGED = Rules(correlation_limit=0.9999)
 
 
-@pytest.fixture(scope="module")
-def setting(real_mongo_url, round_frames, round_zip, model_values, tmp_path_factory):
-    folder = tmp_path_factory.mktemp("crash")
-    files = LocalFiles(str(folder / "files"))
-    files.put_dataset(41, str(round_zip))  # once: its version names the cached clusters
-    client = pymongo.MongoClient(real_mongo_url, serverSelectionTimeoutMS=5000)
-    yield client, files, str(folder / "cache"), round_frames[1], round_zip
-    client.close()
-
-
-@pytest.fixture(scope="module")
-def model_values(round_frames):
-    """Two plausible, different prediction vectors (round order)."""
-    rng = np.random.default_rng(3)
-    n = len(round_frames[1])
-    base = np.clip(rng.normal(0.5, 0.04, size=n), 0.01, 0.99).round(5)
-    other = np.clip(rng.normal(0.5, 0.05, size=n), 0.01, 0.99).round(5)
-    return {1: base, 2: other}
-
-
-def run_path(setting, model_values, path, fail_at, after):
+def run_path(crash_setting, model_values, path, fail_at, after):
     """Run ``path`` with the ``fail_at``-th write crashing; returns (crashed, writes, db name)."""
-    client, files, cache_dir, tournament, round_zip = setting
+    client, files, cache_dir, tournament, round_zip = crash_setting
     db = client["crash_%s" % ObjectId()]
     world = World(files, tournament)
     made, actions = PATHS[path]
@@ -149,11 +127,11 @@ def check_rescored_once(db, ids):
 
 @pytest.mark.parametrize("after", [False, True], ids=["write lost", "answer lost"])
 @pytest.mark.parametrize("path", list(PATHS))
-def test_a_crash_at_every_write_is_recovered(setting, model_values, path, after):
-    files = setting[1]
+def test_a_crash_at_every_write_is_recovered(crash_setting, model_values, path, after):
+    files = crash_setting[1]
     k, total = 1, None
     while True:
-        crashed, writes, db, world, ids, fresh = run_path(setting, model_values, path, k, after)
+        crashed, writes, db, world, ids, fresh = run_path(crash_setting, model_values, path, k, after)
         try:
             expected = expected_for(db, files, fresh, ids)
             if path == "failed at a check":

@@ -18,11 +18,10 @@ recovers, judges and delivers everything. Then:
 """
 import json
 
-import pymongo
+import numpy as np
 import pytest
 from bson import ObjectId
 
-from queues.files import LocalFiles
 from scoring.rules import Rules
 from tests.queues.harness import RESCORE_ANSWERED, Crash, Faults, Node, World, check_settled, play
 from tests.queues.test_notify import SECRET, Clock, deliver_everything, the_document_says, webhooks
@@ -57,23 +56,12 @@ class FailsFirst:
 
 
 @pytest.fixture(scope="module")
-def setting(real_mongo_url, round_frames, round_zip, tmp_path_factory):
-    folder = tmp_path_factory.mktemp("notify-crash")
-    files = LocalFiles(str(folder / "files"))
-    files.put_dataset(41, str(round_zip))
-    client = pymongo.MongoClient(real_mongo_url, serverSelectionTimeoutMS=5000)
-    yield client, files, str(folder / "cache"), round_frames[1]
-    client.close()
-
-
-@pytest.fixture(scope="module")
-def values(round_frames):
-    import numpy as np
-    rng = np.random.default_rng(3)
-    n = len(round_frames[1])
-    base = np.clip(rng.normal(0.5, 0.04, size=n), 0.01, 0.99).round(5)
-    scaled = np.clip(0.5 + 1.5 * (base - 0.5) + rng.normal(0, 0.002, n), 0.01, 0.99).round(5)
-    return {1: base, 2: np.clip(rng.normal(0.5, 0.05, size=n), 0.01, 0.99).round(5), "scaled 1": scaled}
+def values(model_values):
+    """test_crash.py's two models, and a scaled copy of the first (original only under the default rules)."""
+    rng = np.random.default_rng(4)
+    base = model_values[1]
+    scaled = np.clip(0.5 + 1.5 * (base - 0.5) + rng.normal(0, 0.002, len(base)), 0.01, 0.99).round(5)
+    return dict(model_values, **{"scaled 1": scaled})
 
 
 def deliver_once(node):
@@ -84,9 +72,9 @@ def deliver_once(node):
     node.clock.advance(600)
 
 
-def run_path(setting, values, receiver, path, fail_at, after):
+def run_path(crash_setting, values, receiver, path, fail_at, after):
     """Run ``path`` with the ``fail_at``-th write crashing, then recover; returns (crashed, writes, db)."""
-    client, files, cache_dir, tournament = setting
+    client, files, cache_dir, tournament, _ = crash_setting
     db = client["notify_crash_%s" % ObjectId()]
     world = World(files, tournament)
     made, actions = PATHS[path]
@@ -158,11 +146,11 @@ def check_notified(db, receiver):
 
 @pytest.mark.parametrize("after", [False, True], ids=["write lost", "answer lost"])
 @pytest.mark.parametrize("path", list(PATHS))
-def test_a_crash_at_every_write_loses_no_event(setting, values, path, after):
+def test_a_crash_at_every_write_loses_no_event(crash_setting, values, path, after):
     k, total = 1, None
     while True:
         with Receiver(SECRET, plan=FailsFirst()) as receiver:
-            crashed, writes, db = run_path(setting, values, receiver, path, k, after)
+            crashed, writes, db = run_path(crash_setting, values, receiver, path, k, after)
             try:
                 check_notified(db, receiver)
             except AssertionError as exc:
