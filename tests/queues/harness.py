@@ -251,3 +251,24 @@ def play(node, actions, ids, answered, extra=None):
             sid = ids[action.split()[1]]
             assert node.post(sid).status_code == 202
             answered.add(sid)
+
+
+def crash_at_every_write(attempt, label):
+    """Run ``attempt(k)`` for k = 1, 2, ... until a run ends without crashing; the writes it made.
+
+    ``attempt(k)`` runs a path whose k-th write crashes the process,
+    recovers, checks the outcome and returns ``(crashed, writes)``. A
+    failed check is raised again naming ``label`` and k. The run that did
+    not crash must have made exactly k - 1 writes: every write was crashed
+    at once.
+    """
+    k = 1
+    while True:
+        try:
+            crashed, writes = attempt(k)
+        except AssertionError as exc:
+            raise AssertionError("%s, crash at write %d: %s" % (label, k, exc)) from exc
+        if not crashed:
+            assert k == writes + 1, (label, k, writes)
+            return writes
+        k += 1

@@ -19,7 +19,8 @@ from queues.pipeline import CONCORDANCE
 from scoring.rules import Rules
 
 from tests.oracle import Oracle
-from tests.queues.harness import RESCORE_ANSWERED, Crash, Faults, Node, World, check_quiescent, play
+from tests.queues.harness import (RESCORE_ANSWERED, Crash, Faults, Node, World, check_quiescent, crash_at_every_write,
+                                  play)
 
 
 class RoundBroken(PermanentError):
@@ -129,8 +130,8 @@ def check_rescored_once(db, ids):
 @pytest.mark.parametrize("path", list(PATHS))
 def test_a_crash_at_every_write_is_recovered(crash_setting, model_values, path, after):
     files = crash_setting[1]
-    k, total = 1, None
-    while True:
+
+    def attempt(k):
         crashed, writes, db, world, ids, fresh = run_path(crash_setting, model_values, path, k, after)
         try:
             expected = expected_for(db, files, fresh, ids)
@@ -139,13 +140,8 @@ def test_a_crash_at_every_write_is_recovered(crash_setting, model_values, path, 
             check_quiescent(db, expected)
             if path == "re-scored":
                 check_rescored_once(db, ids)
-        except AssertionError as exc:
-            raise AssertionError("%s, crash at write %d (%s): %s" % (path, k, "after" if after else "before", exc)) from exc
         finally:
             db.client.drop_database(db.name)
-        if not crashed:
-            total = writes
-            break
-        k += 1
-    assert total is not None and k == total + 1
+        return crashed, writes
+    total = crash_at_every_write(attempt, "%s (%s)" % (path, "after" if after else "before"))
     assert total >= 3, "the path made too few writes to test anything"

@@ -23,7 +23,8 @@ import pytest
 from bson import ObjectId
 
 from scoring.rules import Rules
-from tests.queues.harness import RESCORE_ANSWERED, Crash, Faults, Node, World, check_settled, play
+from tests.queues.harness import (RESCORE_ANSWERED, Crash, Faults, Node, World, check_settled, crash_at_every_write,
+                                  play)
 from tests.queues.test_notify import SECRET, Clock, deliver_everything, the_document_says, webhooks
 from tests.receiver import FAIL, OK, Receiver
 
@@ -147,20 +148,13 @@ def check_notified(db, receiver):
 @pytest.mark.parametrize("after", [False, True], ids=["write lost", "answer lost"])
 @pytest.mark.parametrize("path", list(PATHS))
 def test_a_crash_at_every_write_loses_no_event(crash_setting, values, path, after):
-    k, total = 1, None
-    while True:
+    def attempt(k):
         with Receiver(SECRET, plan=FailsFirst()) as receiver:
             crashed, writes, db = run_path(crash_setting, values, receiver, path, k, after)
             try:
                 check_notified(db, receiver)
-            except AssertionError as exc:
-                raise AssertionError("%s, crash at write %d (%s): %s" % (path, k, "after" if after else "before", exc)) \
-                    from exc
             finally:
                 db.client.drop_database(db.name)
-        if not crashed:
-            total = writes
-            break
-        k += 1
-    assert total is not None and k == total + 1
+        return crashed, writes
+    total = crash_at_every_write(attempt, "%s (%s)" % (path, "after" if after else "before"))
     assert total >= 6, "the path made too few writes to test anything"
