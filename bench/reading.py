@@ -24,7 +24,7 @@ import pandas as pd
 from bench import data
 from bench.round import frames, write_csv
 from bench.timing import BenchmarkError, clock_ms, median, result
-from scoring.consistency import below, consistency_evidence, row_losses
+from scoring.consistency import consistency_evidence, plain_consistency_evidence
 from scoring.rules import Rules
 from scoring.submission import RoundIds, parse_submission
 
@@ -34,21 +34,6 @@ def add_arguments(parser):
     parser.add_argument("--submissions", type=int, default=20, help="users' files to read")
     parser.add_argument("--repeats", type=int, default=5, help="times each file is read and judged")
     parser.add_argument("--seed", type=int, default=0)
-
-
-def plain_consistency_evidence(eras, targets, probabilities, rules):
-    """The per-era loop as it was before the grouping was kept per round (the baseline)."""
-    eras = np.asarray(eras)
-    losses = row_losses(targets, probabilities, rules.logloss_epsilon)
-    names = np.unique(eras)
-    per_era = []
-    for era in names:
-        mine = losses[eras == era]
-        per_era.append({"era": str(era), "rows": int(mine.size), "logloss": float(np.mean(mine)),
-                        "beats": bool(below(mine, rules.consistency_benchmark))})
-    better = sum(1 for entry in per_era if entry["beats"])
-    return {"consistency": better / len(names) * 100, "better": better, "eras": len(names),
-            "benchmark": rules.consistency_benchmark, "per_era": per_era}
 
 
 def same_floats(a, b):

@@ -133,6 +133,25 @@ def consistency_evidence(eras, targets, probabilities, rules=Rules()):
             "benchmark": rules.consistency_benchmark, "per_era": per_era}
 
 
+def plain_consistency_evidence(eras, targets, probabilities, rules=Rules()):
+    """The same evidence from the plain per-era loop: the rule as written, which
+    :func:`consistency_evidence` must equal bit for bit (its tests) and the
+    benchmark's baseline."""
+    eras = np.asarray(eras)
+    losses = row_losses(targets, probabilities, rules.logloss_epsilon)
+    names = np.unique(eras)
+    if not len(names):
+        raise DataError("no validation eras to judge consistency on")
+    per_era = []
+    for era in names:
+        mine = losses[eras == era]
+        per_era.append({"era": str(era), "rows": int(mine.size), "logloss": float(np.mean(mine)),
+                        "beats": bool(below(mine, rules.consistency_benchmark))})
+    better = sum(1 for entry in per_era if entry["beats"])
+    return {"consistency": better / len(names) * 100, "better": better, "eras": len(names),
+            "benchmark": rules.consistency_benchmark, "per_era": per_era}
+
+
 def era_entry(name, mine, peak, benchmark):
     """One era's evidence from its losses in row order (``peak``: their largest absolute value).
 

@@ -16,30 +16,13 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from scoring import consistency
-from scoring.consistency import below, clearly_below, consistency_evidence, row_losses
+from scoring.consistency import below, clearly_below, consistency_evidence, plain_consistency_evidence
 from scoring.dataset import Tournament
 from scoring.errors import DataError
 from scoring.rules import Rules
 
 BENCHMARK = Rules().consistency_benchmark
 HALF_BELOW, HALF_ABOVE = np.nextafter(0.5, 0.0), np.nextafter(0.5, 1.0)
-
-
-def plain_evidence(eras, targets, probabilities, rules=Rules()):
-    """The evidence as the plain loop computed it before the fast path."""
-    eras = np.asarray(eras)
-    losses = row_losses(targets, probabilities, rules.logloss_epsilon)
-    names = np.unique(eras)
-    if not len(names):
-        raise DataError("no validation eras to judge consistency on")
-    per_era = []
-    for era in names:
-        mine = losses[eras == era]
-        per_era.append({"era": str(era), "rows": int(mine.size), "logloss": float(np.mean(mine)),
-                        "beats": bool(below(mine, rules.consistency_benchmark))})
-    better = sum(1 for entry in per_era if entry["beats"])
-    return {"consistency": better / len(names) * 100, "better": better, "eras": len(names),
-            "benchmark": rules.consistency_benchmark, "per_era": per_era}
 
 
 def bits(evidence):
@@ -54,7 +37,7 @@ def bits(evidence):
 
 
 def assert_same(eras, targets, probabilities, rules=Rules()):
-    expected = bits(plain_evidence(eras, targets, probabilities, rules))
+    expected = bits(plain_consistency_evidence(eras, targets, probabilities, rules))
     assert bits(consistency_evidence(eras, targets, probabilities, rules)) == expected
     assert bits(consistency_evidence(pd.Categorical(eras), targets, probabilities, rules)) == expected
     return expected
@@ -168,7 +151,7 @@ def test_far_from_the_benchmark_is_decided():
 
 # ---------------------------------------------------------------- the per-round Categorical
 
-def test_categorical_with_unused_or_unsorted_categories_gives_the_plain_evidence():
+def test_categorical_with_unused_or_unsorted_categories_gives_the_plain_consistency_evidence():
     rng = np.random.default_rng(5)
     eras = rng.choice(np.array(["era3", "era1", "era2"], dtype=object), 400)
     targets = rng.integers(0, 2, 400).astype(float)
@@ -196,4 +179,4 @@ def test_tournament_validation_eras_are_the_validation_rows_eras():
     p = np.array([0.7, 0.5, 0.2, 0.5, 0.6])
     valid = tournament.validation
     assert consistency_evidence(tournament.validation_eras, tournament.targets[valid], p[valid]) == \
-        plain_evidence(eras[valid], tournament.targets[valid], p[valid])
+        plain_consistency_evidence(eras[valid], tournament.targets[valid], p[valid])
