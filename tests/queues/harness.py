@@ -48,10 +48,11 @@ class Faults:
         self.writes += 1
         if self.writes == self.fail_at and not self.after:
             raise Crash("write %d lost" % self.writes)
-        result = call()
-        if self.writes == self.fail_at and self.after:
-            raise Crash("write %d applied, answer lost" % self.writes)
-        return result
+        try:
+            return call()
+        finally:  # the answer is lost whatever it was: a result, or an error the database sent back
+            if self.writes == self.fail_at and self.after:
+                raise Crash("write %d applied, answer lost" % self.writes)
 
 
 class FaultyCollection:

@@ -40,6 +40,8 @@ PATHS = {
     "re-POSTed after done": ([("a", "alice", 1), ("b", "bob", "copy 1")], ["post a", "post b", "drain", "post a", "drain"]),
     "older then newer": ([("old", "alice", 1), ("new", "alice", 2)], ["post old", "drain", "post new", "drain"]),
     "newer then older": ([("old", "alice", 1), ("new", "alice", 2)], ["post new", "drain", "post old", "drain"]),
+    # The backend wrote processing: null: the batch's write stops on it, then the document is accepted on its own.
+    "processing null": ([("a", "alice", "odd 1"), ("b", "bob", 2)], ["post a", "drain", "post b", "drain"]),
     # Judged under the default rules by a process that does not crash, then re-scored under a changed one.
     "re-scored": ([("a", "alice", 1), ("b", "bob", "scaled 1"), ("c", "carol", "broken")], ["rescore"]),
 }
@@ -62,6 +64,9 @@ def run_path(crash_setting, model_values, path, fail_at, after):
         elif kind == "scaled 1":
             noise = np.random.default_rng(5).normal(0, 0.002, len(model_values[1]))
             ids[name] = world.submit(db, user, np.clip(0.5 + 1.5 * (model_values[1] - 0.5) + noise, 0.01, 0.99).round(5))
+        elif kind == "odd 1":
+            ids[name] = world.submit(db, user, model_values[1])
+            db.submissions.update_one({"_id": ObjectId(ids[name])}, {"$set": {"processing": None}})
         else:
             ids[name] = world.submit(db, user, model_values[kind])
 
