@@ -285,7 +285,7 @@ class Leaderboard:
         by_user = collections.defaultdict(list)
         for doc in docs:
             by_user[doc["username"]].append(doc)
-        conditions, sets, fresh = {}, {}, {}
+        changes, fresh = {}, {}  # {position: owned fields} of entries that differ; {user: owned fields} of new ones
         for username in users:
             target = newest(by_user[username])
             if target is None:
@@ -294,17 +294,17 @@ class Leaderboard:
             position = copy.position.get(username)
             if position is None:
                 fresh[username] = wanted
-                continue
-            entry = copy.entries[position]
-            if owned(entry) == wanted:
-                continue
-            prefix = "leaderboard.%d." % position
-            conditions[prefix + "username"] = username
+            elif owned(copy.entries[position]) != wanted:
+                changes[position] = wanted
+        if whole:
+            return self._replace(competition_id, copy, changes, fresh)
+        conditions, sets = {}, {}
+        for position, wanted in changes.items():
+            entry, prefix = copy.entries[position], "leaderboard.%d." % position
+            conditions[prefix + "username"] = entry["username"]
             conditions[prefix + "submission_id"] = entry.get("submission_id")
             conditions[prefix + REV] = entry.get(REV)
             sets.update((prefix + key, value) for key, value in wanted.items())
-        if whole:
-            return self._replace(competition_id, copy, sets, fresh)
         appended = self._appended(copy, fresh, conditions, sets)
         if not sets:
             return True
@@ -314,23 +314,18 @@ class Leaderboard:
         self._remember(copy, sets, appended)
         return True
 
-    def _replace(self, competition_id, copy, sets, fresh):
+    def _replace(self, competition_id, copy, changes, fresh):
         """The same changes as one write of the whole array, only if it is still exactly as copied.
 
-        ``sets`` holds the positional changes ``leaderboard.<n>.<field>``;
-        each changed entry keeps every field the backend wrote, and the
-        new users' entries go at the end. The copy becomes the array as
-        written.
+        ``changes`` maps positions to their owned fields: each changed entry
+        keeps every field the backend wrote, and the new users' entries go
+        at the end. The copy becomes the array as written.
         """
-        if not sets and not fresh:
+        if not changes and not fresh:
             return True
         replacement = list(copy.raw)
-        for path, value in sets.items():
-            _, number, field = path.split(".")
-            number = int(number)
-            if replacement[number] is copy.raw[number]:
-                replacement[number] = dict(copy.raw[number])
-            replacement[number][field] = value
+        for position, wanted in changes.items():
+            replacement[position] = dict(copy.raw[position], **wanted)
         replacement.extend(self._new_entries(fresh))
         self.writes += 1
         if not self._timed(self.competitions.replace_board, competition_id, copy.raw, replacement):
