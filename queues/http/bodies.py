@@ -26,8 +26,9 @@ def body_bytes():
     none: it is cut at the limit, and the cut JSON read as a bad body (400).
     One more byte from the server's stream tells the two apart.
     """
-    raw = request.get_data(cache=True)
-    if request.content_length is None and len(raw) >= MAX_BODY_BYTES and request.environ["wsgi.input"].read(1):
+    asked = request._get_current_object()  # one proxy lookup: this runs on every request
+    raw = asked.get_data(cache=True)
+    if len(raw) >= MAX_BODY_BYTES and asked.content_length is None and asked.environ["wsgi.input"].read(1):
         raise RequestEntityTooLarge()
     return raw
 

@@ -504,6 +504,14 @@ def test_the_key_may_come_in_the_header_of_a_post(client, submit, model, pipelin
     assert client.post("/", json={"submission_id": sid}, headers={"X-API-Key": "wrong"}).status_code == 401
 
 
+def test_a_key_in_the_body_counts_whatever_the_header_says(client, submit, model):
+    """The body's api_key is read first and the header only when the body has none."""
+    sid = submit("zuz", model(1))
+    assert client.post("/", json={"submission_id": sid, "api_key": API_KEY}, headers={"X-API-Key": "wrong"}).status_code == 202
+    assert client.post("/", json={"submission_id": sid, "api_key": "wrong"}, headers={"X-API-Key": API_KEY}).status_code == 401
+    assert client.post("/", json={"submission_id": sid, "api_key": None}, headers={"X-API-Key": API_KEY}).status_code == 202
+
+
 def test_a_plus_sent_unencoded_in_a_form_is_explained(store, pipeline, supervisor, metrics, submit, model, caplog):
     """The development key has a '+'; a hand-written form turns it into a space."""
     local = create_app(store, pipeline, Config(api_key=LOCAL_API_KEY, local=True), supervisor, metrics).test_client()
