@@ -10,7 +10,6 @@ plain rules, one leaderboard entry per user showing the newest dispatched
 submission with its verdicts. Runs against SecantusDB (the leaderboard's
 grouped writes use array filters).
 """
-import numpy as np
 import pytest
 from bson import ObjectId
 
@@ -61,9 +60,6 @@ def run_path(crash_setting, model_values, path, fail_at, after):
             ids[name] = world.submit(db, user, raw=b"id,probability\nx,1.5\n")
         elif kind == "copy 1":
             ids[name] = world.submit(db, user, near_copy(model_values[1]))
-        elif kind == "scaled 1":
-            noise = np.random.default_rng(5).normal(0, 0.002, len(model_values[1]))
-            ids[name] = world.submit(db, user, np.clip(0.5 + 1.5 * (model_values[1] - 0.5) + noise, 0.01, 0.99).round(5))
         elif kind == "odd 1":
             ids[name] = world.submit(db, user, model_values[1])
             db.submissions.update_one({"_id": ObjectId(ids[name])}, {"$set": {"processing": None}})

@@ -18,7 +18,6 @@ recovers, judges and delivers everything. Then:
 """
 import json
 
-import numpy as np
 import pytest
 from bson import ObjectId
 
@@ -56,15 +55,6 @@ class FailsFirst:
         return FAIL
 
 
-@pytest.fixture(scope="module")
-def values(model_values):
-    """test_crash.py's two models, and a scaled copy of the first (original only under the default rules)."""
-    rng = np.random.default_rng(4)
-    base = model_values[1]
-    scaled = np.clip(0.5 + 1.5 * (base - 0.5) + rng.normal(0, 0.002, len(base)), 0.01, 0.99).round(5)
-    return dict(model_values, **{"scaled 1": scaled})
-
-
 def deliver_once(node):
     """One poll and its deliveries, then time for every retry to be due."""
     node.notifier.poll()
@@ -73,14 +63,14 @@ def deliver_once(node):
     node.clock.advance(600)
 
 
-def run_path(crash_setting, values, receiver, path, fail_at, after):
+def run_path(crash_setting, model_values, receiver, path, fail_at, after):
     """Run ``path`` with the ``fail_at``-th write crashing, then recover; returns (crashed, writes, db)."""
     client, files, cache_dir, tournament, _ = crash_setting
     db = client["notify_crash_%s" % ObjectId()]
     world = World(files, tournament)
     made, actions = PATHS[path]
     ids = {name: world.submit(db, user, raw=b"id,probability\nx,1.5\n") if kind == "broken" else
-           world.submit(db, user, values[kind]) for name, user, kind in made}
+           world.submit(db, user, model_values[kind]) for name, user, kind in made}
     rescoring = path == "re-scored"
 
     def node(pid, faults=None):
@@ -147,10 +137,10 @@ def check_notified(db, receiver):
 
 @pytest.mark.parametrize("after", [False, True], ids=["write lost", "answer lost"])
 @pytest.mark.parametrize("path", list(PATHS))
-def test_a_crash_at_every_write_loses_no_event(crash_setting, values, path, after):
+def test_a_crash_at_every_write_loses_no_event(crash_setting, model_values, path, after):
     def attempt(k):
         with Receiver(SECRET, plan=FailsFirst()) as receiver:
-            crashed, writes, db = run_path(crash_setting, values, receiver, path, k, after)
+            crashed, writes, db = run_path(crash_setting, model_values, receiver, path, k, after)
             try:
                 check_notified(db, receiver)
             finally:
